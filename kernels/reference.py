@@ -1,0 +1,106 @@
+"""Pure-PyTorch twins of iso3d's kernels: test oracles, benchmark baselines and CPU fallbacks.
+
+Each twin has the signature of the public op it mirrors (minus ``backend``) and is the single
+reference implementation used by tests, benchmarks and dispatch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
+
+
+def _split_heads(x: torch.Tensor, n_objects: int, n_heads: int) -> torch.Tensor:
+    # (B·V, N, H·D) or (B, N_ref, H·D) -> (B, H, L, D): the tokens of one object in one sequence.
+    head_dim = x.shape[-1] // n_heads
+    return x.reshape(n_objects, -1, n_heads, head_dim).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    # (B, H, L, D) -> the packed layout ``shape``.
+    return x.transpose(1, 2).reshape(shape)
+
+
+def joint_attention_via_concat(q, k, v, *, n_views, n_heads, q_ref, k_ref, v_ref, attend):
+    """Concatenate each object's view tokens (and reference block), run ``attend``, split back.
+
+    ``attend(q, k, v)`` takes and returns ``(B, H, L, D)`` tensors; the shared scaffolding of the
+    twin, the naive version and the library peers in the benchmarks.
+    """
+    n_objects = q.shape[0] // n_views
+    heads = lambda x: _split_heads(x, n_objects, n_heads)  # noqa: E731
+    queries, keys, values = heads(q), heads(k), heads(v)
+    if k_ref is not None:
+        keys = torch.cat([keys, heads(k_ref)], dim=2)
+        values = torch.cat([values, heads(v_ref)], dim=2)
+    if q_ref is not None:
+        queries = torch.cat([queries, heads(q_ref)], dim=2)
+    out = attend(queries, keys, values)
+    n_view_tokens = q.shape[0] // n_objects * q.shape[1]
+    out_views = _merge_heads(out[:, :, :n_view_tokens], q.shape)
+    out_ref = _merge_heads(out[:, :, n_view_tokens:], q_ref.shape) if q_ref is not None else None
+    return out_views, out_ref
+
+
+def mv_attention_ref(
+    q: torch.Tensor,  # [B·V, N, H·D]
+    k: torch.Tensor,  # [B·V, N, H·D]
+    v: torch.Tensor,  # [B·V, N, H·D]
+    *,
+    n_views: int,
+    n_heads: int,
+    q_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    k_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    v_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PyTorch twin of :func:`iso3d.kernels.mv_attention.mv_attention` (concat + SDPA).
+
+    Materializes the per-object concatenation ``[views…, reference]`` with heads transposed and
+    calls :func:`torch.nn.functional.scaled_dot_product_attention`. Inputs are assumed valid (the
+    public op validates). Returns ``(out [B·V, N, H·D], out_ref [B, N_ref, H·D] or None)``.
+    """
+
+    def attend(qh, kh, vh):
+        return F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+
+    return joint_attention_via_concat(
+        q, k, v, n_views=n_views, n_heads=n_heads, q_ref=q_ref, k_ref=k_ref, v_ref=v_ref, attend=attend
+    )
+
+
+def mv_attention_naive(
+    q: torch.Tensor,  # [B·V, N, H·D]
+    k: torch.Tensor,  # [B·V, N, H·D]
+    v: torch.Tensor,  # [B·V, N, H·D]
+    *,
+    n_views: int,
+    n_heads: int,
+    q_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    k_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    v_ref: torch.Tensor | None = None,  # [B, N_ref, H·D]
+    scale: float | None = None,
+    upcast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Materialized multi-view attention: ``softmax(q kᵀ·scale) v`` with the full score matrix.
+
+    ``upcast=True`` is MVDream's fallback path (scores and softmax in fp32, as its
+    ``_ATTN_PRECISION="fp32"`` branch), kept as the slow baseline of the benchmarks.
+    ``upcast=False`` keeps every step in the input dtype: PyTorch's own low-precision error, the
+    yardstick the kernel tests scale their tolerances by.
+    """
+
+    def attend(qh, kh, vh):
+        s = scale if scale is not None else qh.shape[-1] ** -0.5
+        if upcast:
+            wide = torch.promote_types(qh.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+            scores = torch.matmul(qh.to(wide), kh.to(wide).transpose(-1, -2)) * s
+            return torch.matmul(scores.softmax(dim=-1), vh.to(wide)).to(qh.dtype)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) * s
+        return torch.matmul(scores.softmax(dim=-1), vh)
+
+    return joint_attention_via_concat(
+        q, k, v, n_views=n_views, n_heads=n_heads, q_ref=q_ref, k_ref=k_ref, v_ref=v_ref, attend=attend
+    )
