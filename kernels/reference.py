@@ -6,10 +6,15 @@ reference implementation used by tests, benchmarks and dispatch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
+if TYPE_CHECKING:
+    from .hash_grid_config import HashGridConfig
+
+__all__ = ["hash_grid_encode_ref", "joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
 
 
 def _split_heads(x: torch.Tensor, n_objects: int, n_heads: int) -> torch.Tensor:
@@ -104,3 +109,45 @@ def mv_attention_naive(
     return joint_attention_via_concat(
         q, k, v, n_views=n_views, n_heads=n_heads, q_ref=q_ref, k_ref=k_ref, v_ref=v_ref, attend=attend
     )
+
+
+def hash_grid_encode_ref(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params] float32 or float16
+    config: HashGridConfig,
+) -> torch.Tensor:  # [P, L·F]
+    """PyTorch twin of :func:`iso3d.kernels.hash_grid.hash_grid_encode` (tiny-cuda-nn semantics).
+
+    Differentiable in ``table`` and in ``x`` (through the interpolation weights; the lattice
+    corner is piecewise constant), so analytic normals work through it. Computes in fp32 and
+    returns the table's dtype. Inputs are assumed valid (the public op validates).
+    """
+    from .hash_grid_config import HASH_PRIMES
+
+    levels = config.levels
+    n_feat = config.n_features_per_level
+    dev = x.device
+    scale = torch.tensor([lvl.scale for lvl in levels], device=dev, dtype=torch.float32)
+    res = torch.tensor([lvl.resolution for lvl in levels], device=dev, dtype=torch.int64)
+    offset = torch.tensor([lvl.offset for lvl in levels], device=dev, dtype=torch.int64)
+    size = torch.tensor([lvl.size for lvl in levels], device=dev, dtype=torch.int64)
+    hashed = res**3 > size
+    # pos = fma(scale, x, 0.5): one rounding, emulated by computing in fp64 and rounding once.
+    pos = (x.detach().double()[:, None, :] * scale.double()[None, :, None] + 0.5).float()  # [P, L, 3]
+    pos = pos + (x[:, None, :] - x[:, None, :].detach()) * scale[None, :, None]  # d pos / d x = scale
+    corner0 = torch.floor(pos.detach())
+    frac = pos - corner0
+    corner0 = corner0.long()
+    table2d = table.view(-1, n_feat).float()
+    out = x.new_zeros(x.shape[0], len(levels), n_feat, dtype=torch.float32)
+    mask32 = 0xFFFFFFFF
+    for corner in range(8):
+        bits = torch.tensor([(corner >> d) & 1 for d in range(3)], device=dev)
+        c = corner0 + bits  # [P, L, 3]
+        dense = c[..., 0] + c[..., 1] * res + c[..., 2] * res * res
+        hashval = c[..., 0] * HASH_PRIMES[0]
+        hashval = hashval ^ ((c[..., 1] * HASH_PRIMES[1]) & mask32) ^ ((c[..., 2] * HASH_PRIMES[2]) & mask32)
+        index = torch.where(hashed, hashval & mask32, dense) % size
+        weight = torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1)  # [P, L]
+        out = out + weight[..., None] * table2d[offset + index]
+    return out.reshape(x.shape[0], -1).to(table.dtype)

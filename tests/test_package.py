@@ -34,7 +34,14 @@ def test_all_names_exist(module):
 
 
 @pytest.mark.parametrize(
-    "module", ["iso3d.kernels.mv_attention", "iso3d.utils.imports", "iso3d.utils.torchvision_compat"]
+    "module",
+    [
+        "iso3d.kernels.mv_attention",
+        "iso3d.kernels.hash_grid",
+        "iso3d.kernels.hash_grid_config",
+        "iso3d.utils.imports",
+        "iso3d.utils.torchvision_compat",
+    ],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), raise_on_error=False)

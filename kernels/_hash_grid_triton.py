@@ -1,0 +1,135 @@
+"""Triton kernels of the multiresolution hash encoding (Müller et al. 2022), tcnn-compatible.
+
+Provenance: the algorithm of tiny-cuda-nn's ``kernel_grid`` / ``kernel_grid_backward`` (linear
+interpolation, ``pos = fma(scale, x, 0.5)``, dense indexing while ``resolution³`` fits the level's
+table, else the coherent prime hash ``x·1 ⊕ y·2654435761 ⊕ z·805459861`` mod 2³², then modulo the
+level size); the Triton formulation is iso3d's own.
+
+Grid: ``(cdiv(P, BLOCK), L)`` — one program encodes BLOCK points at one level, so one level's table
+is hot in cache at a time (tcnn's reasoning). Per-level scale, resolution, row offset and size come
+from small device tables built from :class:`HashGridConfig` (the single source of truth).
+
+Backward: table gradients accumulate with fp32 atomics into a zeroed buffer (non-deterministic
+summation order, as tcnn); point gradients (for analytic normals) accumulate across levels with
+fp32 atomics into ``[P, 3]``.
+
+Caution: index arithmetic is int64 with explicit 32-bit wrap of the hash products, which matches
+tcnn's uint32 arithmetic for every level whose lattice fits in 2³¹ per axis.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+HASH_P1: tl.constexpr = 2654435761
+HASH_P2: tl.constexpr = 805459861
+MASK32: tl.constexpr = 0xFFFFFFFF
+
+
+@triton.jit
+def _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level):
+    scale = tl.load(SCALES + level)
+    res = tl.load(RESOLUTIONS + level).to(tl.int64)
+    offset = tl.load(OFFSETS + level).to(tl.int64)
+    size = tl.load(SIZES + level).to(tl.int64)
+    return scale, res, offset, size
+
+
+@triton.jit
+def _split(X, offs, mask, scale):
+    # pos = scale·x + 0.5 (fused, as tcnn's fmaf); lattice corner and fractional part.
+    x = tl.load(X + offs * 3 + 0, mask=mask, other=0.0)
+    y = tl.load(X + offs * 3 + 1, mask=mask, other=0.0)
+    z = tl.load(X + offs * 3 + 2, mask=mask, other=0.0)
+    px = tl.fma(x, scale, 0.5)
+    py = tl.fma(y, scale, 0.5)
+    pz = tl.fma(z, scale, 0.5)
+    gx = tl.floor(px)
+    gy = tl.floor(py)
+    gz = tl.floor(pz)
+    return px - gx, py - gy, pz - gz, gx.to(tl.int64), gy.to(tl.int64), gz.to(tl.int64)
+
+
+@triton.jit
+def _corner_row(gx, gy, gz, bx: tl.constexpr, by: tl.constexpr, bz: tl.constexpr, res, size, offset):
+    cx = gx + bx
+    cy = gy + by
+    cz = gz + bz
+    dense = cx + cy * res + cz * res * res
+    hashed = (cx ^ ((cy * HASH_P1) & MASK32) ^ ((cz * HASH_P2) & MASK32)) & MASK32
+    index = tl.where(res * res * res > size, hashed, dense)
+    return offset + index % size
+
+
+@triton.jit
+def _corner_weight(fx, fy, fz, bx: tl.constexpr, by: tl.constexpr, bz: tl.constexpr):
+    wx = fx if bx else 1.0 - fx
+    wy = fy if by else 1.0 - fy
+    wz = fz if bz else 1.0 - fz
+    return wx, wy, wz
+
+
+@triton.jit
+def _hash_grid_fwd_kernel(
+    X, TABLE, OUT, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    level = tl.program_id(1)
+    offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
+    fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx: tl.constexpr = corner & 1
+        by: tl.constexpr = (corner >> 1) & 1
+        bz: tl.constexpr = (corner >> 2) & 1
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
+        acc += (wx * wy * wz)[:, None] * val.to(tl.float32)
+    out_ptr = OUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :]
+    tl.store(out_ptr, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
+
+
+@triton.jit
+def _hash_grid_bwd_kernel(
+    X, TABLE, DOUT, DTABLE, DX, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    level = tl.program_id(1)
+    offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
+    fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
+    dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], mask=mask[:, None], other=0.0)
+    dout = dout.to(tl.float32)
+    dfx = tl.zeros([BLOCK], dtype=tl.float32)
+    dfy = tl.zeros([BLOCK], dtype=tl.float32)
+    dfz = tl.zeros([BLOCK], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx: tl.constexpr = corner & 1
+        by: tl.constexpr = (corner >> 1) & 1
+        bz: tl.constexpr = (corner >> 2) & 1
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        ptrs = row[:, None] * F + feats[None, :]
+        if NEED_DTABLE:
+            tl.atomic_add(DTABLE + ptrs, (wx * wy * wz)[:, None] * dout, mask=mask[:, None])
+        if NEED_DX:
+            val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
+            g = tl.sum(val * dout, axis=1)  # dL/d(weight of this corner)
+            # d(weight)/d(frac): ±1 on the differentiated axis times the other two factors.
+            dfx += g * (wy * wz) * (1.0 if bx else -1.0)
+            dfy += g * (wx * wz) * (1.0 if by else -1.0)
+            dfz += g * (wx * wy) * (1.0 if bz else -1.0)
+    if NEED_DX:
+        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)

@@ -1,0 +1,180 @@
+"""Multiresolution hash encoding (tiny-cuda-nn ``HashGrid`` semantics) — the public op.
+
+Backends: ``tcnn`` (tiny-cuda-nn, when importable and the input is on CUDA), ``triton`` (CUDA, or
+CPU under ``TRITON_INTERPRET=1``), ``torch`` (the twin :func:`~iso3d.kernels.reference.hash_grid_encode_ref`).
+All three read the same flat parameter vector laid out as tcnn does (level after level, rows of F
+features), so weights trained by one backend give the same features in another.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._backends import select_backend, triton_device_reasons
+from .hash_grid_config import HashGridConfig
+from .reference import hash_grid_encode_ref
+from iso3d.utils.imports import probe
+
+__all__ = ["TOLERANCES", "HashGridConfig", "hash_grid_backend_reasons", "hash_grid_encode", "init_hash_grid_params"]
+
+# Agreement expected between backends, per table dtype. Features are trilinear blends of table rows
+# computed in fp32 (same formula, possibly different fma contraction): a few fp32 ulps; fp16 tables
+# round the result to fp16 (eps 2^-10); table gradients sum atomically in any order (fp32).
+TOLERANCES = {
+    torch.float32: dict(atol=1e-6, rtol=1e-5),
+    torch.float16: dict(atol=1e-3, rtol=1e-3),
+}
+
+_BLOCK = 128
+_AUTO_ORDER = ["tcnn", "triton", "torch"]
+
+
+def init_hash_grid_params(config: HashGridConfig, *, generator: torch.Generator | None = None,
+                          device=None, dtype=torch.float32) -> torch.Tensor:
+    """tcnn's initialization: uniform in [-1e-4, 1e-4], ``config.n_params`` values."""
+    params = torch.rand(config.n_params, generator=generator, dtype=torch.float32) * 2e-4 - 1e-4
+    return params.to(device=device, dtype=dtype)
+
+
+def _level_tables(config: HashGridConfig, device: torch.device):
+    levels = config.levels
+    return (
+        torch.tensor([lvl.scale for lvl in levels], dtype=torch.float32, device=device),
+        torch.tensor([lvl.resolution for lvl in levels], dtype=torch.int64, device=device),
+        torch.tensor([lvl.offset for lvl in levels], dtype=torch.int64, device=device),
+        torch.tensor([lvl.size for lvl in levels], dtype=torch.int64, device=device),
+    )
+
+
+class _HashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, config):
+        from . import _hash_grid_triton as tk
+
+        meta = _level_tables(config, x.device)
+        out = torch.empty(x.shape[0], config.n_output_dims, device=x.device, dtype=table.dtype)
+        grid = (triton_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        tk._hash_grid_fwd_kernel[grid](x, table, out, *meta, x.shape[0], N_LEVELS=config.n_levels,
+                                       F=config.n_features_per_level, BLOCK=_BLOCK)
+        ctx.save_for_backward(x, table)
+        ctx.config = config
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        from . import _hash_grid_triton as tk
+
+        x, table = ctx.saved_tensors
+        config = ctx.config
+        need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
+        dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x
+        grid = (triton_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        tk._hash_grid_bwd_kernel[grid](
+            x, table, dout.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
+            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
+            NEED_DTABLE=need_dtable, NEED_DX=need_dx,
+        )
+        return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tcnn_encode(x, table, config):
+    import tinycudann as tcnn
+
+    # tcnn's torch module keeps a native encoding; its autograd function takes the parameters as an
+    # argument, so our table (same layout) trains through it.
+    encoding = tcnn.Encoding(3, config.to_tcnn(), dtype=table.dtype)
+    return tcnn.modules._module_function.apply(encoding.native_tcnn_module, x, table, encoding.loss_scale)
+
+
+def _check_inputs(x, table, config, check_range):
+    if not isinstance(config, HashGridConfig):
+        raise TypeError(f"hash_grid_encode: config must be a HashGridConfig, got {type(config).__name__}")
+    for name, t in (("x", x), ("table", table)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"hash_grid_encode: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 2 or x.shape[-1] != 3:
+        raise ValueError(f"hash_grid_encode: x must have shape [P, 3], got {tuple(x.shape)}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"hash_grid_encode: x must be float32 (points in [0, 1]^3), got {x.dtype}; use x.float()")
+    if table.dim() != 1 or table.shape[0] != config.n_params:
+        raise ValueError(f"hash_grid_encode: table must have shape [{config.n_params}] for this config, got {tuple(table.shape)}")
+    if table.dtype not in (torch.float32, torch.float16):
+        raise TypeError(f"hash_grid_encode: table must be float32 or float16, got {table.dtype}")
+    if table.device != x.device:
+        raise ValueError(f"hash_grid_encode: table is on {table.device} but x is on {x.device}")
+    if check_range and x.numel():
+        lo, hi = torch.aminmax(x.detach())
+        if not (lo.item() >= 0.0 and hi.item() <= 1.0):
+            raise ValueError(
+                f"hash_grid_encode: x must lie in [0, 1]^3 (map your AABB first), got values in [{lo.item():.4g}, {hi.item():.4g}]"
+            )
+
+
+def hash_grid_backend_reasons(x: torch.Tensor, table: torch.Tensor) -> dict[str, list[str]]:
+    """Why each backend cannot run (empty list: it can)."""
+    tcnn_reasons = []
+    ok, why = probe("tinycudann")
+    if not ok:
+        tcnn_reasons.append(why)
+    if x.device.type != "cuda":
+        tcnn_reasons.append("tiny-cuda-nn needs CUDA tensors")
+    return {"tcnn": tcnn_reasons, "triton": triton_device_reasons(x.device, table.dtype), "torch": []}
+
+
+def hash_grid_encode(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params] float32 or float16
+    config: HashGridConfig,
+    *,
+    backend: str = "auto",
+    check_range: bool = True,
+) -> torch.Tensor:  # [P, L·F]
+    """Encode points with a multiresolution hash grid (Instant-NGP), exactly as tiny-cuda-nn.
+
+    Equivalent to :func:`iso3d.kernels.reference.hash_grid_encode_ref`. For level ``l`` with
+    ``s_l = 2^{l·log2 b}·N_min − 1``, ``p = s_l·x + 1/2``, ``c = ⌊p⌋``, ``f = p − c``:
+
+    .. math::  y_l(x) = \\sum_{δ∈\\{0,1\\}^3} \\prod_d (f_d)^{δ_d}(1−f_d)^{1−δ_d}\\;
+               θ_l[\\,h_l(c+δ)\\,],
+
+    where ``h_l`` is the dense index ``c_x + c_y R + c_z R²`` while ``R³`` fits the level's table,
+    else ``(c_x ⊕ c_y·2654435761 ⊕ c_z·805459861) mod 2³²``, both modulo the level size.
+
+    Args:
+        x: ``[P, 3]`` float32 points in ``[0, 1]³``.
+        table: ``[config.n_params]`` flat parameters (tcnn layout), float32 or float16.
+        config: the grid (:class:`HashGridConfig`, tcnn keys).
+        backend: ``"auto"`` (tcnn → triton → torch), ``"tcnn"``, ``"triton"`` or ``"torch"``.
+        check_range: verify ``x ∈ [0,1]³`` (one device sync); hot loops that clamp may skip it.
+
+    Returns:
+        ``[P, L·F]`` features in the table's dtype, level-major (``[:, l·F:(l+1)·F]`` is level ``l``).
+
+    Notes:
+        Differentiable in ``table`` (all backends) and in ``x`` (torch and triton; tcnn only when
+        built with input gradients). First order only on the triton backend.
+
+    Example:
+        >>> import torch
+        >>> from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode, init_hash_grid_params
+        >>> cfg = HashGridConfig(n_levels=4, log2_hashmap_size=12)
+        >>> table = init_hash_grid_params(cfg, generator=torch.Generator().manual_seed(0))
+        >>> hash_grid_encode(torch.rand(5, 3), table, cfg).shape
+        torch.Size([5, 8])
+    """
+    _check_inputs(x, table, config, check_range)
+    reasons = hash_grid_backend_reasons(x, table)
+    order = _AUTO_ORDER if x.device.type == "cuda" else ["torch"]
+    chosen = select_backend("hash_grid_encode", backend, reasons, order)
+    if chosen == "torch":
+        return hash_grid_encode_ref(x, table, config)
+    if chosen == "tcnn":
+        return _tcnn_encode(x.contiguous(), table.contiguous(), config)
+    return _HashGridFunction.apply(x.contiguous(), table.contiguous(), config)
