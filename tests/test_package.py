@@ -20,13 +20,15 @@ def test_import_is_light_and_gpu_free():
     # CUDA_VISIBLE_DEVICES="" hides any GPU: importing must not need one, nor load optional packages.
     code = (
         "import os, sys; os.environ['CUDA_VISIBLE_DEVICES'] = ''\n"
-        "import iso3d, iso3d.kernels, iso3d.cli\n"
+        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     assert _run_python(code).strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["iso3d", "iso3d.kernels", "iso3d.kernels.reference", "iso3d.utils.imports"])
+@pytest.mark.parametrize(
+    "module", ["iso3d", "iso3d.kernels", "iso3d.kernels.reference", "iso3d.utils.imports", "iso3d.cameras", "iso3d.nerf"]
+)
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     for name in mod.__all__:
@@ -41,6 +43,10 @@ def test_all_names_exist(module):
         "iso3d.kernels.hash_grid_config",
         "iso3d.utils.imports",
         "iso3d.utils.torchvision_compat",
+        "iso3d.cameras",
+        "iso3d.nerf.encoding",
+        "iso3d.nerf.field",
+        "iso3d.nerf.renderer",
     ],
 )
 def test_docstring_examples_run(module):
