@@ -1,0 +1,59 @@
+"""Hash encoding side by side: the PyTorch twin vs Triton vs tiny-cuda-nn (when importable).
+
+Config: the official Isotropic3D grid (16 levels × 2 features, 2^19 table, base 16, scale 1.4473).
+Point counts 2^18–2^22 span one SDS step: 4 views × 64² rays × ~16–64 occupied samples per ray.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode, init_hash_grid_params
+from iso3d.utils.imports import probe
+
+CONFIG = HashGridConfig()  # the official one
+POINTS = [2**18, 2**20, 2**22]
+CPU_MAX_POINTS = 2**18  # the twin on 2 CPU cores: larger counts take minutes per round
+PROVIDERS = ["torch", "triton", "tcnn"]
+
+
+def _skip_reason(provider: str, device: torch.device, n_points: int, smoke: bool) -> str | None:
+    if device.type != "cuda":
+        if provider == "triton":
+            return "triton: on CPU Triton runs only in its interpreter, a correctness tool, not a timing"
+        if provider == "tcnn":
+            return "tcnn: tiny-cuda-nn needs CUDA"
+        if n_points > CPU_MAX_POINTS and not smoke:
+            return f"torch twin on CPU: only up to {CPU_MAX_POINTS} points (minutes per round beyond)"
+    if provider == "tcnn":
+        ok, why = probe("tinycudann")
+        if not ok:
+            return f"tcnn: {why}"
+    return None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("n_points", POINTS, ids=lambda n: f"2^{n.bit_length() - 1}")
+def test_hash_grid(run_bench, bench_device, smoke, n_points, mode, provider):
+    reason = _skip_reason(provider, bench_device, n_points, smoke)
+    if reason:
+        pytest.skip(reason)
+    if smoke:
+        n_points = n_points >> 12
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n_points, 3, generator=gen).to(bench_device)
+    table = init_hash_grid_params(CONFIG, generator=gen, device=bench_device).requires_grad_(mode != "fwd")
+    cotangent = torch.randn(n_points, CONFIG.n_output_dims, generator=gen).to(bench_device)
+
+    def step():
+        if mode == "fwd":
+            with torch.no_grad():
+                hash_grid_encode(x, table, CONFIG, backend=provider, check_range=False)
+        else:
+            y = hash_grid_encode(x, table, CONFIG, backend=provider, check_range=False)
+            torch.autograd.grad(y, table, cotangent)
+
+    run_bench(step, group=f"hash_grid official P={n_points} {mode}", provider=provider, baseline="torch",
+              work=n_points, unit="Mpoints/s", extra=dict(n_points=n_points, mode=mode, config=CONFIG.to_tcnn()))
