@@ -151,7 +151,7 @@ def run_bench(benchmark, request, bench_device, provenance):
         if median and work:
             scale = 1e12 if unit == "TFLOP/s" else 1e6
             throughput = work / median / scale
-            benchmark.extra_info["throughput"] = f"{throughput:.3f} {unit}"
+            benchmark.extra_info["throughput"] = f"{throughput:.4g} {unit}"
         _RESULTS.append(BenchRecord(group, provider, baseline, median, peak, throughput, unit, dict(extra or {})))
 
     return run
@@ -172,5 +172,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(group)
         for r in records:
             ratio = f"{base.median_s / r.median_s:6.2f}x" if base else "   n/a"
-            thr = f"{r.throughput:9.3f} {r.unit}" if r.throughput is not None else ""
+            thr = f"{r.throughput:9.3g} {r.unit}" if r.throughput is not None else ""
             tr.write_line(f"  {r.provider:<14} median {r.median_s * 1e3:10.3f} ms  {ratio}  peak {r.peak_mb:10.1f} MiB  {thr}")

@@ -14,6 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+from iso3d.utils.torchvision_compat import patch_torchvision_if_needed  # noqa: E402
+
+# Tests import open_clip / diffusers directly (importorskip); make torchvision importable first.
+patch_torchvision_if_needed()
+
 
 @pytest.fixture
 def device() -> torch.device:
