@@ -24,18 +24,56 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     return 0 if all(ok for *_, ok in rows) else 1
 
 
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine (see `iso3d info`)")
+    return torch.device(name)
+
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _cmd_views(args: argparse.Namespace) -> int:
+    import torch
+
+    from .io import save_image_grid
+    from .pipelines import MultiViewPipeline
+
+    device = _resolve_device(args.device)
+    pipe = MultiViewPipeline.from_pretrained(args.model, device=device, dtype=getattr(torch, _DTYPES[args.dtype]))
+    out = pipe(args.image, num_inference_steps=args.steps, guidance_scale=args.guidance, elevation=args.elevation,
+               seed=args.seed)
+    path = save_image_grid(out.images, args.output)
+    print(f"wrote {len(out.images)} views to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iso3d", description="Image to 3D by the Isotropic3D method.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="what this installation can run (GPU, Triton, optional backends) and why not")
     selftest = sub.add_parser("selftest", help="run each kernel against its PyTorch twin on this machine")
     selftest.add_argument("--seed", type=int, default=0)
+    views = sub.add_parser("views", help="sample 4 consistent views of the object in an image, saved as one grid PNG")
+    views.add_argument("image", help="input image (PNG/JPEG…; RGBA keeps its alpha, RGB with a plain background works)")
+    views.add_argument("-o", "--output", default="views.png", help="grid PNG to write (default: views.png)")
+    views.add_argument("--model", required=True, help="bundle folder or hub id (iso3d-tiny ships in a later release)")
+    views.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    views.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the bundle's, 10)")
+    views.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees (default 15)")
+    views.add_argument("--seed", type=int, default=0)
+    views.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    views.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"info": _cmd_info, "selftest": _cmd_selftest}
+    handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views}
     return handlers[args.command](args)
 
 

@@ -1,0 +1,225 @@
+"""The model bundle: one folder holding everything the multi-view diffusion model needs.
+
+Layout::
+
+    bundle/
+      config.json                 BundleConfig (UNet, image encoder, VAE or pixel space, schedule, cameras)
+      unet.safetensors            diffusers UNet2DConditionModel names
+      image_encoder.safetensors   open_clip VisionTransformer names
+      vae.safetensors             diffusers AutoencoderKL names (latent-space bundles only)
+
+``MultiViewDiffusion.from_pretrained(path_or_hub_id)`` loads a folder, or a Hugging Face hub id
+through ``huggingface_hub`` (failing fast with a clear message when offline);
+``save_pretrained(folder)`` writes one; ``from_release_checkpoint(path)`` converts the released
+``isotropic3d.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from iso3d.cameras import CameraConvention
+from iso3d.utils.imports import require
+
+from .convert import SD_VAE_CONFIG, check_state_dict, convert_isotropic3d_checkpoint
+from .image_encoder import CLIPImageEncoder, ImageEncoderConfig
+from .unet import MultiViewUNet, MultiViewUNetConfig
+
+__all__ = ["BundleConfig", "MultiViewDiffusion", "SchedulerConfig"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The training noise schedule (DESIGN.md §2): scaled-linear betas 0.00085→0.012 over 1000 steps."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: Literal["epsilon"] = "epsilon"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    unet: MultiViewUNetConfig = field(default_factory=MultiViewUNetConfig.official)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    vae: dict | None = field(default_factory=lambda: dict(SD_VAE_CONFIG))  # None: the UNet works on pixels
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    camera_convention: CameraConvention = "standard"
+    image_size: int = 256  # pixels of each generated view
+    n_views: int = 4
+    guidance_scale: float = 10.0
+
+    def __post_init__(self):
+        pixel = self.vae is None
+        channels = 3 if pixel else self.vae.get("latent_channels", 4)
+        if self.unet.in_channels != channels or self.unet.out_channels != channels:
+            raise ValueError(f"BundleConfig: the UNet must take and return {channels} channels for a "
+                             f"{'pixel' if pixel else 'latent'}-space bundle, got {self.unet.in_channels}/{self.unet.out_channels}")
+        factor = 1 if pixel else 2 ** (len(self.vae["block_out_channels"]) - 1)
+        if self.unet.sample_size * factor != self.image_size:
+            raise ValueError(f"BundleConfig: unet.sample_size={self.unet.sample_size} × {factor} must equal image_size={self.image_size}")
+        if self.image_encoder.embed_dim != self.unet.cross_attention_dim:
+            raise ValueError(f"BundleConfig: image_encoder.embed_dim={self.image_encoder.embed_dim} must equal unet.cross_attention_dim={self.unet.cross_attention_dim}")
+
+    @classmethod
+    def official(cls, camera_convention: CameraConvention = "isotropic3d-release") -> "BundleConfig":
+        """The released model (its checkpoint was fine-tuned with the release's camera quirk)."""
+        return cls(camera_convention=camera_convention)
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BundleConfig":
+        d = dict(d)
+        version = d.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"BundleConfig: unsupported bundle format_version {version!r} (this iso3d reads {FORMAT_VERSION})")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"BundleConfig: unknown keys {sorted(unknown)}")
+        enc = dict(d.get("image_encoder", {}))
+        return cls(
+            unet=MultiViewUNetConfig.from_dict(d["unet"]),
+            image_encoder=ImageEncoderConfig(**enc),
+            vae=d.get("vae"),
+            scheduler=SchedulerConfig(**d.get("scheduler", {})),
+            camera_convention=d.get("camera_convention", "standard"),
+            image_size=d.get("image_size", 256),
+            n_views=d.get("n_views", 4),
+            guidance_scale=d.get("guidance_scale", 10.0),
+        )
+
+
+class MultiViewDiffusion(nn.Module):
+    """UNet + frozen image encoder (+ VAE): the multi-view diffusion model as one loadable unit.
+
+    Example:
+        >>> import tempfile
+        >>> from iso3d.models.presets import tiny_bundle_config
+        >>> model = MultiViewDiffusion(tiny_bundle_config(), seed=0)
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = model.save_pretrained(folder)
+        >>> again = MultiViewDiffusion.from_pretrained(folder)
+        >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+        True
+    """
+
+    def __init__(self, config: BundleConfig, *, seed: int | None = None, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.unet = MultiViewUNet(config.unet, backend=backend)
+            self.image_encoder = CLIPImageEncoder(config.image_encoder)
+            self.vae = None
+            if config.vae is not None:
+                diffusers = require("diffusers", "latent-space bundles (the VAE)")
+                self.vae = diffusers.AutoencoderKL(**config.vae)
+                self.vae.requires_grad_(False)
+
+    # -- latent space ----------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] in [0, 1] -> UNet space
+        x = images * 2 - 1
+        if self.vae is None:
+            return x
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # UNet space -> [B, 3, H, W] in [0, 1]
+        if self.vae is not None:
+            z = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((z.float() + 1) / 2).clamp(0, 1)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _parts(self) -> dict[str, nn.Module]:
+        parts = {"unet": self.unet.unet, "image_encoder": self.image_encoder.visual}
+        if self.vae is not None:
+            parts["vae"] = self.vae
+        return parts
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        for name, module in self._parts().items():
+            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(tensors, str(folder / f"{name}.safetensors"), metadata={"format": "pt", "iso3d_part": name})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, device=None, dtype: torch.dtype | None = None,
+                        backend: str = "auto") -> "MultiViewDiffusion":
+        folder = _resolve_bundle(path_or_id)
+        config = BundleConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        with torch.device("meta"):
+            model = cls(config, backend=backend)
+        model.load_parts({name: _load_safetensors(folder / f"{name}.safetensors") for name in model._parts()})
+        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+
+    def load_parts(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Load each part's state dict after checking keys and shapes (assigning, so meta modules work)."""
+        for name, module in self._parts().items():
+            if name not in state:
+                raise ValueError(f"MultiViewDiffusion: bundle lacks the '{name}' weights")
+            check_state_dict(name, state[name], module.state_dict())
+            module.load_state_dict(state[name], strict=True, assign=True)
+        self.image_encoder.requires_grad_(False)
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+
+    @classmethod
+    def from_release_checkpoint(cls, ckpt_path: str | os.PathLike, *, backend: str = "auto") -> "MultiViewDiffusion":
+        """Build the full model from the released ``isotropic3d.ckpt`` (ldm layout, 6.5 GB)."""
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path: no checkpoint file at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        converted = convert_isotropic3d_checkpoint(state)
+        with torch.device("meta"):
+            model = cls(BundleConfig.official(), backend=backend)
+        model.load_parts({"unet": converted.unet, "vae": converted.vae, "image_encoder": converted.image_encoder})
+        return model
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle file missing: {path}")
+    return load_file(str(path))
+
+
+def _resolve_bundle(path_or_id: str | os.PathLike) -> Path:
+    path = Path(path_or_id)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not an iso3d bundle: it has no config.json")
+        return path
+    text = str(path_or_id)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"model: {text!r} is neither a bundle folder nor a hub id of the form 'owner/name'")
+    hub = require("huggingface_hub", f"loading the hub model {text!r}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        try:
+            return Path(hub.snapshot_download(text, local_files_only=True))
+        except Exception as exc:
+            raise FileNotFoundError(f"model: {text!r} is not in the local hub cache and HF_HUB_OFFLINE is set; "
+                                    f"download it on a connected machine or pass a bundle folder ({type(exc).__name__})") from None
+    try:
+        return Path(hub.snapshot_download(text))
+    except Exception as exc:
+        raise FileNotFoundError(f"model: could not fetch {text!r} from the Hugging Face hub: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,42 @@
+"""Named bundle configurations: the official release and the iso3d-tiny family."""
+
+from __future__ import annotations
+
+from .bundle import BundleConfig
+from .image_encoder import ImageEncoderConfig
+from .unet import MultiViewUNetConfig
+
+__all__ = ["official_bundle_config", "tiny_bundle_config"]
+
+
+def official_bundle_config() -> BundleConfig:
+    """The released Isotropic3D model: SD-2.1-base UNet on SD-VAE latents, ViT-H-14 image encoder."""
+    return BundleConfig.official()
+
+
+def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
+    """iso3d-tiny: the same architecture family in pixel space, small enough to train on a CPU.
+
+    UNet widths ``(w, 2w, 2w)`` with joint attention at the two finest levels (head dim 16), and a
+    2-layer open_clip ViT (patch 8) as image encoder with a ``2w``-d embedding.
+    """
+    unet = MultiViewUNetConfig(
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(width, 2 * width, 2 * width),
+        attention_levels=(True, True, False),
+        layers_per_block=1,
+        head_dim=16,
+        cross_attention_dim=2 * width,
+        norm_num_groups=8,
+        space="pixel",
+    )
+    encoder = ImageEncoderConfig(
+        model_name=None,
+        embed_dim=2 * width,
+        vision_cfg=dict(layers=2, width=2 * width, head_width=16, patch_size=8, mlp_ratio=2.0),
+        load_size=2 * image_size,
+        image_size=image_size,
+    )
+    return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size)

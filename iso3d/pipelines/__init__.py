@@ -1,0 +1,5 @@
+"""diffusers-style pipelines."""
+
+from .multiview import MultiViewOutput, MultiViewPipeline
+
+__all__ = ["MultiViewOutput", "MultiViewPipeline"]
