@@ -149,7 +149,7 @@ def run_bench(benchmark, request, bench_device, provenance):
         median = stats.stats.median if stats is not None else None
         throughput = None
         if median and work:
-            scale = 1e12 if unit == "TFLOP/s" else 1e6
+            scale = {"T": 1e12, "G": 1e9, "M": 1e6, "k": 1e3}.get(unit[0], 1.0)  # unit prefix
             throughput = work / median / scale
             benchmark.extra_info["throughput"] = f"{throughput:.4g} {unit}"
         _RESULTS.append(BenchRecord(group, provider, baseline, median, peak, throughput, unit, dict(extra or {})))

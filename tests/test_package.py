@@ -20,14 +20,16 @@ def test_import_is_light_and_gpu_free():
     # CUDA_VISIBLE_DEVICES="" hides any GPU: importing must not need one, nor load optional packages.
     code = (
         "import os, sys; os.environ['CUDA_VISIBLE_DEVICES'] = ''\n"
-        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras\n"
+        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras, iso3d.io, iso3d.models, iso3d.pipelines\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     assert _run_python(code).strip() == "[]"
 
 
 @pytest.mark.parametrize(
-    "module", ["iso3d", "iso3d.kernels", "iso3d.kernels.reference", "iso3d.utils.imports", "iso3d.cameras", "iso3d.nerf"]
+    "module",
+    ["iso3d", "iso3d.kernels", "iso3d.kernels.reference", "iso3d.utils.imports", "iso3d.cameras", "iso3d.nerf",
+     "iso3d.models", "iso3d.io", "iso3d.pipelines"],
 )
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
@@ -47,6 +49,11 @@ def test_all_names_exist(module):
         "iso3d.nerf.encoding",
         "iso3d.nerf.field",
         "iso3d.nerf.renderer",
+        "iso3d.io.images",
+        "iso3d.models.unet",
+        "iso3d.models.bundle",
+        "iso3d.models.guidance",
+        "iso3d.pipelines.multiview",
     ],
 )
 def test_docstring_examples_run(module):
