@@ -37,13 +37,20 @@ def _install(unet: MultiViewUNet, provider: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def unet_and_dtype(bench_device):
-    if bench_device.type == "cuda":
-        config, dtype = MultiViewUNetConfig.official(), torch.bfloat16
-    else:
-        config, dtype = tiny_bundle_config().unet, torch.float32
+def unet(bench_device):
+    config = MultiViewUNetConfig.official() if bench_device.type == "cuda" else tiny_bundle_config().unet
     torch.manual_seed(0)
-    return MultiViewUNet(config).to(bench_device, dtype), dtype
+    return MultiViewUNet(config).to(bench_device)
+
+
+@pytest.fixture(params=["bf16", "fp16"])
+def unet_and_dtype(request, unet, bench_device):
+    if bench_device.type != "cuda":
+        if request.param == "fp16":
+            pytest.skip("CPU: fp32 only (low-precision CPU matmuls say nothing about the GPU)")
+        return unet.float(), torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[request.param]
+    return unet.to(dtype), dtype
 
 
 @pytest.mark.parametrize("provider", ["naive", "sdpa_concat", "fused"])
