@@ -30,6 +30,7 @@ __all__ = [
     "ConvertedCheckpoint",
     "check_state_dict",
     "convert_isotropic3d_checkpoint",
+    "diffusers_unet_to_ldm",
 ]
 
 UNET_PREFIX = "model.diffusion_model."
@@ -108,3 +109,59 @@ def convert_isotropic3d_checkpoint(
     dropped = sorted(k for k in state_dict if k in SCHEDULE_BUFFERS or (
         k.startswith(TEXT_LEFTOVER_PREFIX) and not k.startswith(IMAGE_ENCODER_PREFIX)))
     return ConvertedCheckpoint(unet=unet, vae=vae, image_encoder=image_encoder, dropped=dropped)
+
+
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection",
+}
+
+
+def _resnet_key(rest: str) -> str:
+    name, _, param = rest.partition(".")
+    return f"{_RESNET_TO_LDM[name]}.{param}"
+
+
+def diffusers_unet_to_ldm(state_dict: dict[str, torch.Tensor], config: MultiViewUNetConfig) -> dict[str, torch.Tensor]:
+    """Inverse of the UNet conversion: diffusers names → the release's ``model.diffusion_model.*`` names.
+
+    Exports a bundle's UNet for the original Isotropic3D / MVDream code (``camera_embed`` included).
+    """
+    lpb, levels = config.layers_per_block, len(config.block_out_channels)
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if key.startswith("time_embedding.linear_"):
+            new = f"time_embed.{2 * (int(parts[1][-1]) - 1)}.{parts[2]}"
+        elif key.startswith("class_embedding.linear_"):
+            new = f"camera_embed.{2 * (int(parts[1][-1]) - 1)}.{parts[2]}"
+        elif key.startswith("conv_in."):
+            new = f"input_blocks.0.0.{parts[1]}"
+        elif key.startswith("conv_norm_out."):
+            new = f"out.0.{parts[1]}"
+        elif key.startswith("conv_out."):
+            new = f"out.2.{parts[1]}"
+        elif key.startswith("down_blocks."):
+            i, kind = int(parts[1]), parts[2]
+            if kind == "downsamplers":
+                new = f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op.{parts[-1]}"
+            else:
+                j, rest = int(parts[3]), ".".join(parts[4:])
+                n = 1 + i * (lpb + 1) + j
+                new = f"input_blocks.{n}.0.{_resnet_key(rest)}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+        elif key.startswith("mid_block."):
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            new = f"middle_block.{2 * j}.{_resnet_key(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
+        elif key.startswith("up_blocks."):
+            i, kind = int(parts[1]), parts[2]
+            has_attn = config.attention_levels[levels - 1 - i]
+            if kind == "upsamplers":
+                new = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attn else 1}.conv.{parts[-1]}"
+            else:
+                j, rest = int(parts[3]), ".".join(parts[4:])
+                n = i * (lpb + 1) + j
+                new = f"output_blocks.{n}.0.{_resnet_key(rest)}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+        else:
+            raise ValueError(f"diffusers_unet_to_ldm: unexpected UNet tensor {key!r}")
+        out[UNET_PREFIX + new] = value
+    return out

@@ -114,3 +114,21 @@ def test_bad_arguments(unet):
         unet(x, t, ctx, cam, n_views=V, reference=ReferenceFrame(torch.zeros(3, 4, 8, 8), torch.zeros(2, 16)))
     with pytest.raises(ValueError, match="width 48 must be divisible"):
         MultiViewUNetConfig(block_out_channels=(48, 64), attention_levels=(True, True), head_dim=32)
+
+
+def test_clip_preprocessing_matches_the_release_recipe():
+    from iso3d.models.image_encoder import OPENAI_MEAN, OPENAI_STD, preprocess_images
+
+    rgba = torch.zeros(1, 4, 300, 200)
+    rgba[:, 0] = 1.0  # red where opaque
+    rgba[:, 3, :, 100:] = 1.0  # right half opaque, left half transparent
+    x = preprocess_images(rgba)
+    assert x.shape == (1, 3, 224, 224)
+    white = (1 - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    red = (torch.tensor([1.0, 0, 0]) - torch.tensor(OPENAI_MEAN)) / torch.tensor(OPENAI_STD)
+    torch.testing.assert_close(x[0, :, 112, 10], white, atol=1e-4, rtol=0)  # transparent -> white
+    torch.testing.assert_close(x[0, :, 112, 210], red, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"\[B, 3 or 4, H, W\]"):
+        preprocess_images(torch.zeros(3, 32, 32))
+    with pytest.raises(TypeError, match="floating point"):
+        preprocess_images(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
