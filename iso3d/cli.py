@@ -52,6 +52,12 @@ def _cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.cli import run_train
+
+    return run_train(args, _resolve_device(args.device))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iso3d", description="Image to 3D by the Isotropic3D method.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,12 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     views.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views}
+    handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train}
     return handlers[args.command](args)
 
 

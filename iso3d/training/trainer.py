@@ -1,0 +1,280 @@
+"""Two-stage fine-tuning of the multi-view model (and the contrastive image encoder of iso3d-tiny).
+
+* ``encoder``: open_clip vision tower trained with open_clip's ``ClipLoss`` so that two views of one
+  object embed close together (views as positive pairs).
+* ``stage1``: the UNet predicts the noise of 4 noisy views, conditioned on the frozen encoder's
+  embedding of the reference view (replaced by the zero embedding with probability
+  ``cond_dropout`` for classifier-free guidance).
+* ``stage2`` (EMA): as stage 1, plus the clean reference frame in the joint attention (timestep
+  ``ref_timestep``, camera = its pose or zeros); the loss covers the noisy views only.
+
+Runs on one CPU, one GPU, or several processes under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU).
+Checkpoints every ``checkpoint_every`` steps (model, optimizer, step and RNG state); ``resume=True``
+continues exactly. Loss curves go to ``log.jsonl``; sample grids to ``samples/`` at intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from iso3d.cameras import camera_embedding
+from iso3d.data import MultiViewDataset, RenderSettings
+from iso3d.models.bundle import MultiViewDiffusion
+from iso3d.models.image_encoder import preprocess_images
+from iso3d.models.unet import ReferenceFrame
+
+__all__ = ["DataConfig", "TrainConfig", "train"]
+
+Stage = Literal["encoder", "stage1", "stage2"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_size: int = 512
+    val_size: int = 16
+    image_size: int = 32
+    seed: int = 0
+    cache_dir: str | None = "data/cache"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: Stage = "stage1"
+    steps: int = 1000
+    batch_size: int = 8  # objects per step (each has 4 views + 1 reference)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    cond_dropout: float = 0.1
+    ref_timestep: int = 0  # DESIGN.md: default t_ref = 0
+    ref_camera: Literal["pose", "zeros"] = "pose"
+    checkpoint_every: int = 200
+    sample_every: int = 0  # 0: never
+    log_every: int = 10
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        if self.stage not in ("encoder", "stage1", "stage2"):
+            raise ValueError(f"TrainConfig.stage must be 'encoder', 'stage1' or 'stage2', got {self.stage!r}")
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig: steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"TrainConfig.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed helpers
+# ----------------------------------------------------------------------------------------------
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); return (rank, world)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if world > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params) -> None:
+    dist = _dist()
+    if dist is None:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+# ----------------------------------------------------------------------------------------------
+# losses
+# ----------------------------------------------------------------------------------------------
+def _alphas_cumprod(model: MultiViewDiffusion, device) -> torch.Tensor:
+    s = model.config.scheduler
+    betas = torch.linspace(s.beta_start**0.5, s.beta_end**0.5, s.num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float().to(device)
+
+
+def _on_white(rgba: torch.Tensor) -> torch.Tensor:  # [..., 4, H, W] -> [..., 3, H, W]
+    return rgba[..., :3, :, :] * rgba[..., 3:, :, :] + (1 - rgba[..., 3:, :, :])
+
+
+def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen: torch.Generator,
+                   *, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """ε-prediction MSE on the noisy views (stage 1, or stage 2 with the clean reference frame)."""
+    views, device = batch["views"], batch["views"].device
+    b, v = views.shape[:2]
+    x0 = model.encode_images(_on_white(views).flatten(0, 1))  # [B·V, C, h, w]
+    acp = _alphas_cumprod(model, device)
+    t = timesteps if timesteps is not None else torch.randint(0, acp.numel(), (b,), generator=gen).to(device)
+    t = t.repeat_interleave(v)  # one timestep per object, as MVDream
+    eps = noise if noise is not None else torch.randn(x0.shape, generator=gen).to(x0)
+    a = acp[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    with torch.no_grad():
+        token = model.image_encoder(batch["reference"])  # [B, 1, D]
+    keep = (torch.rand(b, generator=gen) >= cfg.cond_dropout).to(device).view(b, 1, 1)
+    context = (token * keep).repeat_interleave(v, dim=0)
+    cams = camera_embedding(batch["elevation"].flatten().cpu(), batch["azimuth"].flatten().cpu(),
+                            convention=model.config.camera_convention).to(device)
+    reference = None
+    if cfg.stage == "stage2":
+        ref_x0 = model.encode_images(_on_white(batch["reference"]))
+        if cfg.ref_camera == "pose":
+            ref_cam = camera_embedding(batch["reference_elevation"].cpu(), batch["reference_azimuth"].cpu(),
+                                       convention=model.config.camera_convention).to(device)
+        else:
+            ref_cam = torch.zeros(b, 16, device=device)
+        reference = ReferenceFrame(ref_x0, ref_cam, torch.full((b,), cfg.ref_timestep, device=device))
+    pred = model.unet(x_t, t, context, cams, n_views=v, reference=reference)
+    return F.mse_loss(pred.float(), eps.float())
+
+
+def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """open_clip's ClipLoss with two random frames (of the 4 views + reference) of each object as a pair."""
+    from open_clip.loss import ClipLoss
+
+    frames = torch.cat([batch["views"], batch["reference"][:, None]], dim=1)  # [B, V+1, 4, H, W]
+    b, f = frames.shape[:2]
+    first = torch.randint(0, f, (b,), generator=gen)
+    second = (first + torch.randint(1, f, (b,), generator=gen)) % f
+    enc = model.image_encoder
+    def embed(x):
+        return F.normalize(enc.visual(preprocess_images(x, enc.config.load_size, enc.config.image_size)), dim=-1)
+
+    idx = torch.arange(b)
+    return ClipLoss()(embed(frames[idx, first]), embed(frames[idx, second]), logit_scale.exp())
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def _batch(dataset: MultiViewDataset, indices: torch.Tensor, device) -> dict:
+    samples = [dataset[int(i)] for i in indices]
+    stack = lambda name: torch.stack([getattr(s, name) for s in samples]).to(device)  # noqa: E731
+    return {name: stack(name) for name in ("views", "elevation", "azimuth", "reference",
+                                            "reference_elevation", "reference_azimuth")}
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          device: torch.device | str = "cpu", progress: bool = True, dataset: MultiViewDataset | None = None) -> dict:
+    """Run ``cfg.stage`` for ``cfg.steps`` steps; returns ``{"step", "loss", "seconds"}``."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    rank, world = init_distributed(device)
+    out = Path(out_dir)
+    if rank == 0:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    if dataset is None:
+        d = cfg.data
+        dataset = MultiViewDataset("train", d.train_size, seed=d.seed, settings=RenderSettings(image_size=d.image_size),
+                                   cache_dir=d.cache_dir, progress=progress and rank == 0)
+    if cfg.stage == "encoder":
+        model.image_encoder.visual.requires_grad_(True)
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+        params = list(model.image_encoder.visual.parameters()) + [logit_scale]
+    else:
+        model.image_encoder.requires_grad_(False)
+        logit_scale = None
+        params = list(model.unet.parameters())
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    if resume and _checkpoints(out):
+        state = torch.load(_checkpoints(out)[-1], map_location=device, weights_only=False)
+        if state["stage"] != cfg.stage:
+            raise ValueError(f"resume: the latest checkpoint is from stage {state['stage']!r}, not {cfg.stage!r}")
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        if logit_scale is not None:
+            logit_scale.data.copy_(state["logit_scale"])
+        step = state["step"]
+        gen.set_state(state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0])
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+                if cfg.mixed_precision != "no" else torch.autocast(device.type, enabled=False))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    start, loss_value = time.time(), float("nan")
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not progress or rank != 0)
+    model.train()
+    model.image_encoder.train(cfg.stage == "encoder")
+    while step < cfg.steps:
+        indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
+        batch = _batch(dataset, indices, device)
+        with autocast:
+            loss = (contrastive_loss(model, batch, logit_scale, gen) if cfg.stage == "encoder"
+                    else diffusion_loss(model, batch, cfg, gen))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")
+        optim.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        _average_gradients(params)
+        scaler.step(optim)
+        scaler.update()
+        step += 1
+        loss_value = loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "time": time.time() - start}) + "\n")
+            log.flush()
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen)
+        if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
+            _save_samples(model, dataset, out / "samples" / f"{cfg.stage}_{step:06d}.png")
+    bar.close()
+    if log is not None:
+        log.close()
+    model.image_encoder.requires_grad_(False)
+    model.eval()
+    return {"step": step, "loss": loss_value, "seconds": time.time() - start}
+
+
+def _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen):
+    path = out / "checkpoints" / f"step_{step:07d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "step": step, "stage": cfg.stage,
+                "logit_scale": logit_scale.detach() if logit_scale is not None else None,
+                "generators": [gen.get_state()], "config": asdict(cfg)}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
+    for old in _checkpoints(out)[:-2]:  # keep the last two
+        old.unlink()
+
+
+@torch.no_grad()
+def _save_samples(model, dataset, path: Path):
+    from iso3d.io import save_image_grid
+    from iso3d.pipelines import MultiViewPipeline
+
+    was_training = model.training
+    pipe = MultiViewPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    sample = dataset[0]
+    out = pipe(sample.reference, num_inference_steps=20, seed=0)
+    truth = _on_white(sample.views).to(out.images)
+    save_image_grid(torch.cat([out.images, truth]), path, columns=out.images.shape[0])
+    model.train(was_training)
