@@ -47,6 +47,10 @@ def _level_tables(config: HashGridConfig, device: torch.device):
     )
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, config):
@@ -54,7 +58,7 @@ class _HashGridFunction(torch.autograd.Function):
 
         meta = _level_tables(config, x.device)
         out = torch.empty(x.shape[0], config.n_output_dims, device=x.device, dtype=table.dtype)
-        grid = (triton_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_fwd_kernel[grid](x, table, out, *meta, x.shape[0], N_LEVELS=config.n_levels,
                                        F=config.n_features_per_level, BLOCK=_BLOCK)
         ctx.save_for_backward(x, table)
@@ -71,17 +75,13 @@ class _HashGridFunction(torch.autograd.Function):
         need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
         dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x
-        grid = (triton_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_bwd_kernel[grid](
             x, table, dout.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
             N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
             NEED_DTABLE=need_dtable, NEED_DX=need_dx,
         )
         return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _tcnn_encode(x, table, config):
