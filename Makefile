@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test,models]"
+	$(PIP) -e ".[test,models,export]"
 	touch $@
 
 # The main job. Until `iso3d generate` lands it shows what this machine can run and checks the kernels.

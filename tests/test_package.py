@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ["triton", "diffusers", "open_clip", "torchvision", "timm", "nerfacc", "tinycudann", "xformers"]
+HEAVY = ["triton", "diffusers", "open_clip", "torchvision", "timm", "nerfacc", "tinycudann", "xformers", "mcubes", "trimesh"]
 
 
 def _run_python(code: str) -> str:
@@ -20,7 +20,7 @@ def test_import_is_light_and_gpu_free():
     # CUDA_VISIBLE_DEVICES="" hides any GPU: importing must not need one, nor load optional packages.
     code = (
         "import os, sys; os.environ['CUDA_VISIBLE_DEVICES'] = ''\n"
-        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras, iso3d.io, iso3d.models, iso3d.pipelines\n"
+        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras, iso3d.io, iso3d.models, iso3d.pipelines, iso3d.data, iso3d.training, iso3d.sds, iso3d.export\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     assert _run_python(code).strip() == "[]"
@@ -29,7 +29,7 @@ def test_import_is_light_and_gpu_free():
 @pytest.mark.parametrize(
     "module",
     ["iso3d", "iso3d.kernels", "iso3d.kernels.reference", "iso3d.utils.imports", "iso3d.cameras", "iso3d.nerf",
-     "iso3d.models", "iso3d.io", "iso3d.pipelines"],
+     "iso3d.models", "iso3d.io", "iso3d.pipelines", "iso3d.data", "iso3d.training", "iso3d.sds", "iso3d.export"],
 )
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
