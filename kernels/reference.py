@@ -139,15 +139,18 @@ def hash_grid_encode_ref(
     frac = pos - corner0
     corner0 = corner0.long()
     table2d = table.view(-1, n_feat).float()
-    out = x.new_zeros(x.shape[0], len(levels), n_feat, dtype=torch.float32)
     mask32 = 0xFFFFFFFF
+    rows, weights = [], []
     for corner in range(8):
         bits = torch.tensor([(corner >> d) & 1 for d in range(3)], device=dev)
         c = corner0 + bits  # [P, L, 3]
         dense = c[..., 0] + c[..., 1] * res + c[..., 2] * res * res
         hashval = c[..., 0] * HASH_PRIMES[0]
         hashval = hashval ^ ((c[..., 1] * HASH_PRIMES[1]) & mask32) ^ ((c[..., 2] * HASH_PRIMES[2]) & mask32)
-        index = torch.where(hashed, hashval & mask32, dense) % size
-        weight = torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1)  # [P, L]
-        out = out + weight[..., None] * table2d[offset + index]
+        rows.append(offset + torch.where(hashed, hashval & mask32, dense) % size)
+        weights.append(torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1))  # [P, L]
+    # One gather for all 8 corners: F.embedding is an index_select whose backward is a single
+    # scatter-add into the table (per-corner gathers cost 8 dense table-sized gradients).
+    values = F.embedding(torch.stack(rows, -1), table2d)  # [P, L, 8, F]
+    out = (torch.stack(weights, -1)[..., None] * values).sum(dim=2)  # [P, L, F]
     return out.reshape(x.shape[0], -1).to(table.dtype)
