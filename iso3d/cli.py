@@ -52,6 +52,17 @@ def _cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    device = _resolve_device(args.device)
+    asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
+                     resume=args.resume)
+    print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
+          "mesh.glb/.obj/.ply, turntable.gif, views.png, field.pt, run.json")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run_train
 
@@ -74,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     views.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    gen = sub.add_parser("generate", help="image to 3D: SDS-optimize a NeRF, export mesh and turntable")
+    gen.add_argument("image", help="input image (RGBA keeps its alpha; RGB with a plain background works)")
+    gen.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
+    gen.add_argument("--model", required=True, help="bundle folder or hub id (the default iso3d-tiny ships later)")
+    gen.add_argument("--steps", type=int, default=None, help="SDS steps (default: 300 on CPU, 10000 on GPU)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gen.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     from .training.cli import add_train_parser
 
     add_train_parser(sub)
@@ -82,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train}
+    handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train,
+                "generate": _cmd_generate}
     return handlers[args.command](args)
 
 

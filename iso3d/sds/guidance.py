@@ -75,7 +75,7 @@ def x0_reconstruction_loss(
         x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
         if recon_std_rescale > 0:
             x0_c = (x_t - (1 - a).sqrt() * eps_c) / a.sqrt()
-            per_object = lambda x: x.view(-1, n_views * x[0].numel())  # noqa: E731
+            per_object = lambda x: x.reshape(-1, n_views * x[0].numel())  # noqa: E731
             factor = (per_object(x0_c).std(dim=1) + 1e-8) / (per_object(x0).std(dim=1) + 1e-8)
             adjusted = x0 * factor.repeat_interleave(n_views).view(-1, 1, 1, 1)
             x0 = recon_std_rescale * adjusted + (1 - recon_std_rescale) * x0

@@ -1,0 +1,273 @@
+"""``iso3d.generate``: one image → a 3D asset by Isotropic3D's SDS stage.
+
+The loop (DESIGN.md §2, scaled by :class:`GenerateConfig`): each step samples 4 views 90° apart
+(random azimuth offset, elevation, fov, distance), renders the hash-grid NeRF, maps the renders into
+the UNet's space, noises them at one annealed timestep, asks the multi-view UNet for the conditional
+(CLIP embedding of the image) and unconditional (zero embedding) noise, and minimizes the x0-
+reconstruction loss (CFG 10, std rescale 0.5) plus the orientation loss. AdamW (0.9, 0.99), eps 1e-15,
+lr 0.01 for the hash grid and 0.001 for the MLPs. Shading is albedo for the first half, then random
+among albedo / textureless / lambertian. The occupancy grid updates every 16 steps.
+
+Safety: a checkpoint every ``checkpoint_every`` steps (atomic), ``resume=True`` continues exactly
+(every step reseeds the global RNG from (seed, step)); Ctrl-C saves a checkpoint before stopping;
+a non-finite loss stops with ``FloatingPointError`` and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from dataclasses import field as dc_field  # the config has a member named `field`
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from iso3d.cameras import SDSViewConfig, camera_embedding, generate_rays, sample_sds_views
+from iso3d.io import load_image, save_image_grid
+from iso3d.kernels.hash_grid import HashGridConfig
+from iso3d.models.bundle import MultiViewDiffusion
+from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
+from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
+
+__all__ = ["Asset", "GenerateConfig", "generate"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    steps: int = 10000
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    renderer: RendererConfig = dc_field(default_factory=RendererConfig)
+    views: SDSViewConfig = dc_field(default_factory=SDSViewConfig)
+    sds: SDSConfig = dc_field(default_factory=SDSConfig)
+    render_size: int | None = None  # None: the model's image size
+    lr_grid: float = 0.01
+    lr_mlp: float = 0.001
+    orient_weight: tuple[float, float] = (10.0, 1000.0)  # linear over the first half
+    albedo_only_fraction: float = 0.5
+    checkpoint_every: int = 100
+    grid_update_every: int = 16
+
+    @classmethod
+    def official(cls) -> "GenerateConfig":
+        return cls()
+
+    @classmethod
+    def cpu_tiny(cls, steps: int = 300) -> "GenerateConfig":
+        """A run that fits a 2-core CPU: smaller hash grid, fewer samples, same schedule shape."""
+        return cls(
+            steps=steps,
+            field=FieldConfig(encoding=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16,
+                                                      per_level_scale=1.5), hidden_dims=32),
+            renderer=RendererConfig(num_samples_per_ray=64),
+            sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
+        )
+
+
+@dataclass
+class Asset:
+    """The result of :func:`generate`: the optimized field and how it was made."""
+
+    field: ImplicitVolume
+    renderer: VolumeRenderer
+    config: GenerateConfig
+    run: dict
+
+    @torch.no_grad()
+    def render_turntable(self, n_frames: int = 12, size: int = 64, elevation: float = 15.0) -> torch.Tensor:
+        """``[n_frames, 3, size, size]`` renders around the object (fovy 40°, distance 2.2)."""
+        device = next(self.field.parameters()).device
+        az = torch.arange(n_frames) * 360.0 / n_frames
+        from iso3d.cameras import camera_to_world
+
+        c2w = camera_to_world(torch.full((n_frames,), elevation), az, torch.full((n_frames,), 2.2)).to(device)
+        rays_o, rays_d = generate_rays(c2w, torch.full((n_frames,), 40.0, device=device), size, size)
+        frames = []
+        for o, d in zip(rays_o, rays_d):
+            out = self.renderer.eval()(self.field, o.reshape(-1, 3), d.reshape(-1, 3))
+            frames.append(out.rgb.reshape(size, size, 3).permute(2, 0, 1).cpu())
+        return torch.stack(frames)
+
+    def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
+        """Write mesh.{glb,obj,ply}, turntable.gif, views.png, field.pt and run.json into ``out_dir``."""
+        from iso3d.export import MeshExportConfig, extract_mesh
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"field": self.field.state_dict(), "config": dataclasses.asdict(self.config)}, out / "field.pt")
+        run = dict(self.run)
+        try:
+            mesh = extract_mesh(self.field, MeshExportConfig(radius=self.config.field.radius))
+            for ext in ("glb", "obj", "ply"):
+                mesh.save(out / f"mesh.{ext}")
+            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces))}
+        except (ValueError, ImportError) as exc:  # an empty field or a missing optional exporter
+            run["mesh"] = {"error": str(exc)}
+        frames = self.render_turntable(turntable_frames, turntable_size)
+        _save_gif(frames, out / "turntable.gif")
+        save_image_grid(frames[:: max(1, turntable_frames // 4)][:4], out / "views.png")
+        (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+        return out
+
+
+def _save_gif(frames: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray((f.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype("uint8")) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
+
+
+def _versions() -> dict:
+    import iso3d
+
+    return {"iso3d": iso3d.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def generate(
+    image,
+    model: MultiViewDiffusion | str | None = None,
+    *,
+    config: GenerateConfig | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Asset:
+    """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
+
+    ``model``: a :class:`MultiViewDiffusion`, a bundle folder / hub id, or None for the default
+    bundle (the shipped iso3d-tiny, once it exists). ``config`` defaults to
+    :meth:`GenerateConfig.cpu_tiny` on CPU and :meth:`GenerateConfig.official` on a GPU.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is None:
+        raise ValueError("generate: no default model is shipped yet (iso3d-tiny comes with issue #5); pass model=<bundle folder>")
+    if not isinstance(model, MultiViewDiffusion):
+        model = MultiViewDiffusion.from_pretrained(model)
+    model = model.to(device).eval()
+    config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        config = dataclasses.replace(config, steps=steps)
+    rgba = load_image(image)[None].to(device)
+    with torch.no_grad():
+        token = model.image_encoder(rgba).float()  # [1, 1, D]
+    n_views = config.views.n_views
+    size = config.render_size or model.config.image_size
+
+    torch.manual_seed(seed)
+    fld = ImplicitVolume(config.field, seed=seed).to(device)
+    renderer = VolumeRenderer(config.renderer).to(device)
+    optim = torch.optim.AdamW([
+        {"params": fld.encoding.parameters(), "lr": config.lr_grid},
+        {"params": list(fld.density_mlp.parameters()) + list(fld.albedo_mlp.parameters()), "lr": config.lr_mlp},
+    ], betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
+    acp = _alphas_cumprod(model, device)
+    out_dir = Path(out) if out is not None else None
+    step, losses = 0, []
+    if resume:
+        if out_dir is None or not (out_dir / CHECKPOINT).exists():
+            raise FileNotFoundError(f"resume: no {CHECKPOINT} in {out_dir}")
+        state = torch.load(out_dir / CHECKPOINT, map_location=device, weights_only=False)
+        fld.load_state_dict(state["field"])
+        optim.load_state_dict(state["optimizer"])
+        if state["grid"] is not None:
+            est = renderer.estimator(device)
+            est.occs.copy_(state["grid"]["occs"])
+            est.binaries.copy_(state["grid"]["binaries"])
+            renderer.grid_ready = True
+        step, losses = state["step"], state["losses"]
+
+    def save_checkpoint():
+        if out_dir is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        est = renderer._estimator
+        grid = {"occs": est.occs.clone(), "binaries": est.binaries.clone()} if renderer.grid_ready else None
+        tmp = out_dir / (CHECKPOINT + ".tmp")
+        torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": grid, "step": step,
+                    "losses": losses, "seed": seed}, tmp)
+        tmp.replace(out_dir / CHECKPOINT)
+
+    start = time.time()
+    bar = tqdm(total=config.steps, initial=step, desc="generate", disable=not progress)
+    try:
+        while step < config.steps:
+            torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            loss = _sds_step(model, fld, renderer, token, acp, config, step, size, n_views, gen, device)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"generate: the loss became {loss.item()} at step {step}; stopped. "
+                    + (f"The last good checkpoint is {out_dir / CHECKPOINT}." if out_dir else "No checkpoint (out=None)."))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            losses.append(round(loss.item(), 6))
+            if step % config.grid_update_every == 0 or step == 1:
+                renderer.update_occupancy(fld, step, every=1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()  # keep what exists; --resume continues from here
+        raise
+    finally:
+        bar.close()
+    run = {"seed": seed, "steps": step, "seconds": time.time() - start, "device": str(device),
+           "config": dataclasses.asdict(config), "model": dataclasses.asdict(model.config), "losses": losses,
+           "versions": _versions()}
+    asset = Asset(fld.eval(), renderer.eval(), config, run)
+    if out_dir is not None:
+        asset.save(out_dir)
+    return asset
+
+
+def _alphas_cumprod(model: MultiViewDiffusion, device) -> torch.Tensor:
+    s = model.config.scheduler
+    betas = torch.linspace(s.beta_start**0.5, s.beta_end**0.5, s.num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float().to(device)
+
+
+def _sds_step(model, fld, renderer, token, acp, config: GenerateConfig, step, size, n_views, gen, device):
+    views = sample_sds_views(config.views, batch=1, generator=gen)
+    c2w, fovy = views.c2w.to(device), views.fovy.to(device)
+    rays_o, rays_d = generate_rays(c2w, fovy, size, size)
+    half = step < config.albedo_only_fraction * config.steps
+    shading = "albedo" if half else ("albedo", "textureless", "lambertian")[int(torch.randint(3, (1,), generator=gen))]
+    lights = None
+    if shading != "albedo":  # a point light near each camera
+        jitter = torch.randn(n_views, 3, generator=gen).to(device) * 0.2
+        light_pos = c2w[:, :3, 3] * 1.5 + jitter
+        lights = light_pos[:, None, None, :].expand_as(rays_o).reshape(-1, 3)
+    out = renderer.train()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading,
+                           light_positions=lights, with_normals=True, generator=gen,
+                           ambient=0.1 + 0.2 * float(torch.rand((), generator=gen)))
+    rgb = out.rgb.reshape(n_views, size, size, 3).permute(0, 3, 1, 2)
+    z = model.encode_images(rgb)
+    t = config.sds.timesteps.sample(step, gen)
+    a = acp[t]
+    noise = torch.randn(z.shape, generator=gen).to(z)
+    with torch.no_grad():
+        x_t = a.sqrt() * z + (1 - a).sqrt() * noise
+        cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(device)
+        context = torch.cat([token.expand(n_views, -1, -1), torch.zeros_like(token).expand(n_views, -1, -1)])
+        eps = model.unet(torch.cat([x_t, x_t]), torch.full((2 * n_views,), t, device=device), context,
+                         torch.cat([cams, cams]), n_views=n_views)
+    eps_c, eps_u = eps.float().chunk(2)
+    loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,
+                                  recon_std_rescale=config.sds.recon_std_rescale)
+    w0, w1 = config.orient_weight
+    orient_w = w0 + (w1 - w0) * min(step / max(1, config.steps // 2), 1.0)
+    return loss + orient_w * out.orientation_loss
