@@ -34,7 +34,7 @@ from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
-__all__ = ["Asset", "GenerateConfig", "generate"]
+__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,7 +46,10 @@ class GenerateConfig:
     renderer: RendererConfig = dc_field(default_factory=RendererConfig)
     views: SDSViewConfig = dc_field(default_factory=SDSViewConfig)
     sds: SDSConfig = dc_field(default_factory=SDSConfig)
-    render_size: int | None = None  # None: the model's image size
+    # (first step, render size or None for the model's image size, objects per batch): the release
+    # renders 8 views (2×4) at 64² until step 5000, then 4 views at 256²; renders are resized to the
+    # model's image size before encoding.
+    milestones: tuple[tuple[int, int | None, int], ...] = ((0, 64, 2), (5000, 256, 1))
     lr_grid: float = 0.01
     lr_mlp: float = 0.001
     orient_weight: tuple[float, float] = (10.0, 1000.0)  # linear over the first half
@@ -63,6 +66,7 @@ class GenerateConfig:
         """A run that fits a 2-core CPU: smaller hash grid, fewer samples, same schedule shape."""
         return cls(
             steps=steps,
+            milestones=((0, None, 1),),
             field=FieldConfig(encoding=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16,
                                                       per_level_scale=1.5), hidden_dims=32),
             renderer=RendererConfig(num_samples_per_ray=64),
@@ -162,7 +166,6 @@ def generate(
     with torch.no_grad():
         token = model.image_encoder(rgba).float()  # [1, 1, D]
     n_views = config.views.n_views
-    size = config.render_size or model.config.image_size
 
     torch.manual_seed(seed)
     fld = ImplicitVolume(config.field, seed=seed).to(device)
@@ -204,7 +207,7 @@ def generate(
         while step < config.steps:
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            loss = _sds_step(model, fld, renderer, token, acp, config, step, size, n_views, gen, device)
+            loss = _sds_step(model, fld, renderer, token, acp, config, step, n_views, gen, device)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"generate: the loss became {loss.item()} at step {step}; stopped. "
@@ -240,30 +243,45 @@ def _alphas_cumprod(model: MultiViewDiffusion, device) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0).float().to(device)
 
 
-def _sds_step(model, fld, renderer, token, acp, config: GenerateConfig, step, size, n_views, gen, device):
-    views = sample_sds_views(config.views, batch=1, generator=gen)
+def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[int, int]:
+    """(render size, objects per batch) in force at ``step``."""
+    current = config.milestones[0]
+    for m in config.milestones:
+        if step >= m[0]:
+            current = m
+    return (current[1] or model_size), current[2]
+
+
+def _sds_step(model, fld, renderer, token, acp, config: GenerateConfig, step, n_views, gen, device):
+    size, batch = milestone_at(config, step, model.config.image_size)
+    views = sample_sds_views(config.views, batch=batch, generator=gen)
     c2w, fovy = views.c2w.to(device), views.fovy.to(device)
     rays_o, rays_d = generate_rays(c2w, fovy, size, size)
     half = step < config.albedo_only_fraction * config.steps
     shading = "albedo" if half else ("albedo", "textureless", "lambertian")[int(torch.randint(3, (1,), generator=gen))]
     lights = None
     if shading != "albedo":  # a point light near each camera
-        jitter = torch.randn(n_views, 3, generator=gen).to(device) * 0.2
+        jitter = torch.randn(c2w.shape[0], 3, generator=gen).to(device) * 0.2
         light_pos = c2w[:, :3, 3] * 1.5 + jitter
         lights = light_pos[:, None, None, :].expand_as(rays_o).reshape(-1, 3)
     out = renderer.train()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading,
                            light_positions=lights, with_normals=True, generator=gen,
                            ambient=0.1 + 0.2 * float(torch.rand((), generator=gen)))
-    rgb = out.rgb.reshape(n_views, size, size, 3).permute(0, 3, 1, 2)
+    rgb = out.rgb.reshape(-1, size, size, 3).permute(0, 3, 1, 2)
+    target = model.config.image_size
+    if size != target:
+        rgb = torch.nn.functional.interpolate(rgb, (target, target), mode="bilinear", antialias=size > target,
+                                              align_corners=False)
     z = model.encode_images(rgb)
+    frames = z.shape[0]
     t = config.sds.timesteps.sample(step, gen)
     a = acp[t]
     noise = torch.randn(z.shape, generator=gen).to(z)
     with torch.no_grad():
         x_t = a.sqrt() * z + (1 - a).sqrt() * noise
         cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(device)
-        context = torch.cat([token.expand(n_views, -1, -1), torch.zeros_like(token).expand(n_views, -1, -1)])
-        eps = model.unet(torch.cat([x_t, x_t]), torch.full((2 * n_views,), t, device=device), context,
+        context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
+        eps = model.unet(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
                          torch.cat([cams, cams]), n_views=n_views)
     eps_c, eps_u = eps.float().chunk(2)
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,

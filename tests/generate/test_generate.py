@@ -103,3 +103,18 @@ def test_generate_cli(model, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
+
+
+def test_official_schedule_milestones():
+    from iso3d.generate import milestone_at
+
+    cfg = GenerateConfig.official()
+    assert milestone_at(cfg, 0, 256) == (64, 2) and milestone_at(cfg, 4999, 256) == (64, 2)
+    assert milestone_at(cfg, 5000, 256) == (256, 1) and milestone_at(cfg, 9999, 256) == (256, 1)
+    assert milestone_at(GenerateConfig.cpu_tiny(), 10, 32) == (32, 1)
+
+
+def test_batch_of_two_objects_and_resized_renders(model):
+    cfg = dataclasses.replace(_config(2), milestones=((0, 24, 2),))
+    asset = generate(EXAMPLE, model, config=cfg, seed=3, progress=False)
+    assert len(asset.run["losses"]) == 2
