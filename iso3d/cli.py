@@ -63,6 +63,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import MultiViewDataset, RenderSettings
+    from .models.bundle import MultiViewDiffusion
+    from .training.evaluate import evaluate_retrieval, evaluate_views
+
+    results = {}
+    for bundle in args.bundles:
+        model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
+        data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
+                                cache_dir=args.cache_dir)
+        results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed),
+                           **evaluate_retrieval(model, data)}
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run_train
 
@@ -93,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    ev = sub.add_parser("evaluate", help="view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
+    ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
+    ev.add_argument("--objects", type=int, default=32)
+    ev.add_argument("--split", choices=["val", "test"], default="test")
+    ev.add_argument("--steps", type=int, default=20, help="DDIM steps per sample")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--cache-dir", default="data/cache")
+    ev.add_argument("--device", default="auto")
     from .training.cli import add_train_parser
 
     add_train_parser(sub)
@@ -102,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train,
-                "generate": _cmd_generate}
+                "generate": _cmd_generate, "evaluate": _cmd_evaluate}
     return handlers[args.command](args)
 
 

@@ -40,3 +40,17 @@ def test_evaluation_loops_run():
     assert views["objects"] == 2 and all(math.isfinite(views[k]) for k in ("psnr", "ssim", "silhouette_iou"))
     retrieval = evaluate_retrieval(model, data)
     assert 0.0 <= retrieval["retrieval_accuracy"] <= 1.0 and retrieval["chance"] == 0.5
+
+
+def test_evaluate_command(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    bundle = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0).save_pretrained(tmp_path / "b")
+    result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), "--objects", "2", "--steps", "1",
+                             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert set(report[str(bundle)]) >= {"psnr", "ssim", "silhouette_iou", "retrieval_accuracy"}
