@@ -49,4 +49,25 @@ def run_selftest(seed: int = 0) -> list[tuple[str, float, float, bool]]:
         err = max(_max_err(g, w) for g, w in zip(got, want))
         bound = 2 * max(_max_err(p, w) for p, w in zip(lowp, want)) + 1e-5
         rows.append((f"mv_attention fwd+bwd {str(dtype)[6:]} ({seconds:.1f}s)", err, bound, err <= bound))
+    rows.append(_hash_grid_check(device, gen))
     return rows
+
+
+def _hash_grid_check(device, gen):
+    from iso3d.kernels.hash_grid import TOLERANCES, HashGridConfig, hash_grid_encode
+
+    cfg = HashGridConfig(n_levels=6, log2_hashmap_size=12)  # dense and hashed levels
+    table = (torch.rand(cfg.n_params, generator=gen) * 2 - 1).to(device)
+    x = torch.rand(500, 3, generator=gen).to(device)
+    cot = torch.randn(500, cfg.n_output_dims, generator=gen).to(device)
+    outs = []
+    t0 = time.perf_counter()
+    for backend in ("triton", "torch"):
+        tab = table.clone().requires_grad_()
+        y = hash_grid_encode(x, tab, cfg, backend=backend)
+        (g,) = torch.autograd.grad(y, tab, cot)
+        outs.append((y.detach().cpu(), g.cpu()))
+    err = max(_max_err(a, b) for a, b in zip(*outs))
+    tol = TOLERANCES[torch.float32]
+    bound = tol["atol"] + tol["rtol"] * max(o.abs().max().item() for o in outs[1])
+    return (f"hash_grid fwd+bwd float32 ({time.perf_counter() - t0:.1f}s)", err, bound, err <= bound)
