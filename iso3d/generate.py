@@ -174,7 +174,7 @@ def generate(
         {"params": fld.encoding.parameters(), "lr": config.lr_grid},
         {"params": list(fld.density_mlp.parameters()) + list(fld.albedo_mlp.parameters()), "lr": config.lr_mlp},
     ], betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
-    acp = _alphas_cumprod(model, device)
+    acp = model.config.scheduler.alphas_cumprod(device)
     out_dir = Path(out) if out is not None else None
     step, losses = 0, []
     if resume:
@@ -235,12 +235,6 @@ def generate(
     if out_dir is not None:
         asset.save(out_dir)
     return asset
-
-
-def _alphas_cumprod(model: MultiViewDiffusion, device) -> torch.Tensor:
-    s = model.config.scheduler
-    betas = torch.linspace(s.beta_start**0.5, s.beta_end**0.5, s.num_train_timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float().to(device)
 
 
 def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[int, int]:

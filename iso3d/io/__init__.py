@@ -1,5 +1,5 @@
 """Image input/output."""
 
-from .images import ImageLoadError, load_image, save_image_grid
+from .images import ImageLoadError, composite_on_white, load_image, save_image_grid
 
-__all__ = ["ImageLoadError", "load_image", "save_image_grid"]
+__all__ = ["ImageLoadError", "composite_on_white", "load_image", "save_image_grid"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageLoadError", "load_image", "save_image_grid"]
+__all__ = ["ImageLoadError", "composite_on_white", "load_image", "save_image_grid"]
 
 MIN_SIDE = 16
 MAX_SIDE = 2048
@@ -119,6 +119,12 @@ def load_image(image, *, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE) -> 
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         out = torch.nn.functional.interpolate(out[None], size=size, mode="area")[0]
     return out.clamp(0, 1)
+
+
+def composite_on_white(rgba: torch.Tensor) -> torch.Tensor:  # [..., 4, H, W] -> [..., 3, H, W]
+    """RGB over a white background: ``rgb·α + (1 − α)``."""
+    rgb, alpha = rgba[..., :3, :, :], rgba[..., 3:, :, :]
+    return rgb * alpha + (1 - alpha)
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, columns: int | None = None) -> Path:

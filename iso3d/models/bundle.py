@@ -47,6 +47,13 @@ class SchedulerConfig:
     beta_schedule: str = "scaled_linear"
     prediction_type: Literal["epsilon"] = "epsilon"
 
+    def alphas_cumprod(self, device=None) -> torch.Tensor:  # [num_train_timesteps] float32
+        """ᾱ_t of the scaled-linear schedule (ldm's "linear": linspace of √β, squared, in fp64)."""
+        if self.beta_schedule != "scaled_linear":
+            raise ValueError(f"SchedulerConfig: only 'scaled_linear' betas are supported, got {self.beta_schedule!r}")
+        betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, self.num_train_timesteps, dtype=torch.float64) ** 2
+        return torch.cumprod(1 - betas, 0).float().to(device)
+
 
 @dataclass(frozen=True)
 class BundleConfig:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iso3d.io import composite_on_white
 from iso3d.utils.imports import require
 
 __all__ = ["CLIPImageEncoder", "ImageEncoderConfig", "OPENAI_MEAN", "OPENAI_STD", "preprocess_images"]
@@ -67,8 +68,7 @@ def preprocess_images(
         raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
     x = images.float()
     if x.shape[1] == 4:
-        rgb, alpha = x[:, :3], x[:, 3:]
-        x = rgb * alpha + (1 - alpha)  # composite on white
+        x = composite_on_white(x)
     x = F.interpolate(x, size=(load_size, load_size), mode="bicubic", antialias=True, align_corners=False)
     x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False)
     mean = torch.tensor(OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from iso3d.data import MultiViewDataset
+from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 
 __all__ = ["evaluate_retrieval", "evaluate_views", "psnr", "silhouette_iou", "ssim"]
@@ -63,7 +64,7 @@ def evaluate_views(model: MultiViewDiffusion, dataset: MultiViewDataset, *, n_ob
         s = dataset[i]
         out = pipe(s.reference, num_inference_steps=num_inference_steps, elevation=float(s.elevation[0]),
                    azimuths=[float(a) for a in s.azimuth], seed=seed + i)
-        truth = s.views[:, :3] * s.views[:, 3:] + (1 - s.views[:, 3:])
+        truth = composite_on_white(s.views)
         pred = out.images.cpu().float()
         rows.append(torch.stack([psnr(pred, truth), ssim(pred, truth), silhouette_iou(pred, s.views[:, 3:])], 1))
     m = torch.cat(rows)

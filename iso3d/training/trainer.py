@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from iso3d.cameras import camera_embedding
 from iso3d.data import MultiViewDataset, RenderSettings
+from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.image_encoder import preprocess_images
 from iso3d.models.unet import ReferenceFrame
@@ -107,23 +108,13 @@ def _average_gradients(params) -> None:
 # ----------------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------------
-def _alphas_cumprod(model: MultiViewDiffusion, device) -> torch.Tensor:
-    s = model.config.scheduler
-    betas = torch.linspace(s.beta_start**0.5, s.beta_end**0.5, s.num_train_timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float().to(device)
-
-
-def _on_white(rgba: torch.Tensor) -> torch.Tensor:  # [..., 4, H, W] -> [..., 3, H, W]
-    return rgba[..., :3, :, :] * rgba[..., 3:, :, :] + (1 - rgba[..., 3:, :, :])
-
-
 def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen: torch.Generator,
                    *, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
     """ε-prediction MSE on the noisy views (stage 1, or stage 2 with the clean reference frame)."""
     views, device = batch["views"], batch["views"].device
     b, v = views.shape[:2]
-    x0 = model.encode_images(_on_white(views).flatten(0, 1))  # [B·V, C, h, w]
-    acp = _alphas_cumprod(model, device)
+    x0 = model.encode_images(composite_on_white(views).flatten(0, 1))  # [B·V, C, h, w]
+    acp = model.config.scheduler.alphas_cumprod(device)
     t = timesteps if timesteps is not None else torch.randint(0, acp.numel(), (b,), generator=gen).to(device)
     t = t.repeat_interleave(v)  # one timestep per object, as MVDream
     eps = noise if noise is not None else torch.randn(x0.shape, generator=gen).to(x0)
@@ -137,7 +128,7 @@ def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen
                             convention=model.config.camera_convention).to(device)
     reference = None
     if cfg.stage == "stage2":
-        ref_x0 = model.encode_images(_on_white(batch["reference"]))
+        ref_x0 = model.encode_images(composite_on_white(batch["reference"]))
         if cfg.ref_camera == "pose":
             ref_cam = camera_embedding(batch["reference_elevation"].cpu(), batch["reference_azimuth"].cpu(),
                                        convention=model.config.camera_convention).to(device)
@@ -275,6 +266,6 @@ def _save_samples(model, dataset, path: Path):
     pipe.set_progress_bar_config(disable=True)
     sample = dataset[0]
     out = pipe(sample.reference, num_inference_steps=20, seed=0)
-    truth = _on_white(sample.views).to(out.images)
+    truth = composite_on_white(sample.views).to(out.images)
     save_image_grid(torch.cat([out.images, truth]), path, columns=out.images.shape[0])
     model.train(was_training)

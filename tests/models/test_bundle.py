@@ -105,3 +105,13 @@ def test_official_size_random_model_builds_samples_and_reloads(tmp_path):
     again = MultiViewDiffusion.from_pretrained(tmp_path)
     sd1, sd2 = model.state_dict(), again.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_noise_schedule_matches_the_release():
+    # shared/data/isotropic3d_unet_config.json: betas 0.00085 -> 0.012, alphas_cumprod[-1] = 0.0046601 (fp32).
+    from iso3d.models.bundle import SchedulerConfig
+
+    acp = SchedulerConfig().alphas_cumprod()
+    assert acp.shape == (1000,) and acp.dtype == torch.float32
+    assert acp[0].item() == pytest.approx(1 - 0.00085, rel=1e-6)
+    assert acp[-1].item() == pytest.approx(0.0046601, rel=1e-4)
