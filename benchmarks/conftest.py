@@ -19,7 +19,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from iso3d.utils.torchvision_compat import patch_torchvision_if_needed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+patch_torchvision_if_needed()  # before any benchmark imports open_clip → timm → torchvision
 
 _RESULTS: list["BenchRecord"] = []
 _PROVENANCE: dict = {}

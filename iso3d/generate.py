@@ -34,7 +34,7 @@ from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
-__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at"]
+__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at", "sds_step"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -207,7 +207,7 @@ def generate(
         while step < config.steps:
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            loss = _sds_step(model, fld, renderer, token, acp, config, step, n_views, gen, device)
+            loss = sds_step(model, fld, renderer, token, acp, config, step, gen)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"generate: the loss became {loss.item()} at step {step}; stopped. "
@@ -246,7 +246,16 @@ def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[in
     return (current[1] or model_size), current[2]
 
 
-def _sds_step(model, fld, renderer, token, acp, config: GenerateConfig, step, n_views, gen, device):
+def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRenderer, token: torch.Tensor,
+             alphas_cumprod: torch.Tensor, config: GenerateConfig, step: int, gen: torch.Generator) -> torch.Tensor:
+    """The loss of one SDS step (forward only; the caller runs backward and the optimizer).
+
+    Renders ``batch × n_views`` views at the milestone's size (``[B·V, 3, s, s]``), maps them into the
+    UNet's space, noises them at one annealed timestep, runs the UNet on the conditional (``token``,
+    ``[1, 1, D]``) and unconditional (zero) batch in one call, and returns the x0-reconstruction
+    loss plus the weighted orientation loss. ``gen`` drives every random choice.
+    """
+    device, n_views, acp = alphas_cumprod.device, config.views.n_views, alphas_cumprod
     size, batch = milestone_at(config, step, model.config.image_size)
     views = sample_sds_views(config.views, batch=batch, generator=gen)
     c2w, fovy = views.c2w.to(device), views.fovy.to(device)
@@ -266,7 +275,7 @@ def _sds_step(model, fld, renderer, token, acp, config: GenerateConfig, step, n_
     if size != target:
         rgb = torch.nn.functional.interpolate(rgb, (target, target), mode="bilinear", antialias=size > target,
                                               align_corners=False)
-    z = model.encode_images(rgb)
+    z = model.encode_images(rgb).float()
     frames = z.shape[0]
     t = config.sds.timesteps.sample(step, gen)
     a = acp[t]

@@ -12,28 +12,13 @@ import torch
 
 pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 
-from iso3d.kernels import mv_attention_naive  # noqa: E402
-from iso3d.models import MultiViewAttnProcessor, MultiViewUNet, MultiViewUNetConfig, ReferenceFrame  # noqa: E402
+from iso3d.models import MultiViewUNet, MultiViewUNetConfig, ReferenceFrame  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 
 
-class _NaiveProcessor(MultiViewAttnProcessor):
-    """The materialized fp32-score attention of MVDream's fallback, for comparison only."""
-
-    def _attend(self, q, k, v, heads, scale):
-        if self.reference == "kv":
-            raise NotImplementedError
-        return mv_attention_naive(q, k, v, n_views=self.num_frames, n_heads=heads, scale=scale)[0]
-
-
 def _install(unet: MultiViewUNet, provider: str) -> None:
-    unet.backend = {"fused": "auto", "sdpa_concat": "torch", "naive": "torch"}[provider]
+    unet.backend = {"fused": "auto", "sdpa_concat": "torch", "naive": "naive"}[provider]
     unet.install_processors()
-    if provider == "naive":
-        procs = {name: (_NaiveProcessor() if name.endswith("attn1.processor") else p)
-                 for name, p in unet.unet.attn_processors.items()}
-        unet.unet.set_attn_processor(procs)
-        unet.processors = [p for p in procs.values() if isinstance(p, _NaiveProcessor)]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,16 @@ def _poses(seed: int, sampling: ViewSampling):
     return elev.expand(sampling.n_views).clone(), azim, ref_elev, ref_azim
 
 
+def _render_one(job: tuple[int, ViewSampling, RenderSettings]):
+    seed, sampling, settings = job
+    obj = random_object(seed)
+    elev, azim, ref_elev, ref_azim = _poses(seed, sampling)
+    imgs = render_object(obj, torch.cat([elev, ref_elev]), torch.cat([azim, ref_azim]), settings)
+    as_u8 = (imgs * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    pose = torch.cat([elev, azim, ref_elev, ref_azim]).numpy().astype(np.float32)
+    return as_u8[:-1].numpy(), as_u8[-1].numpy(), pose
+
+
 class MultiViewDataset(torch.utils.data.Dataset):
     """``MultiViewDataset("train", 512, cache_dir="data/")[i] -> MultiViewSample``.
 
@@ -67,12 +78,15 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: Literal["train", "val", "test"], size: int, *, seed: int = 0,
                  settings: RenderSettings = RenderSettings(), sampling: ViewSampling = ViewSampling(),
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, workers: int = 1):
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"split must be one of {sorted(SPLIT_OFFSETS)}, got {split!r}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.split, self.size, self.seed, self.settings, self.sampling = split, size, seed, settings, sampling
+        self.workers = workers
         self.seeds = [SPLIT_OFFSETS[split] + seed * 100_000 + i for i in range(size)]
         cache = self._cache_path(cache_dir)
         if cache is not None and cache.exists():
@@ -93,15 +107,17 @@ class MultiViewDataset(torch.utils.data.Dataset):
         return Path(cache_dir) / f"procedural-{self.split}-{self.size}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
 
     def _render_all(self, progress: bool) -> dict:
-        views, refs, poses = [], [], []
-        for seed in tqdm(self.seeds, desc=f"rendering {self.split}", disable=not progress):
-            obj = random_object(seed)
-            elev, azim, ref_elev, ref_azim = _poses(seed, self.sampling)
-            imgs = render_object(obj, torch.cat([elev, ref_elev]), torch.cat([azim, ref_azim]), self.settings)
-            as_u8 = (imgs * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-            views.append(as_u8[:-1].numpy())
-            refs.append(as_u8[-1].numpy())
-            poses.append(torch.cat([elev, azim, ref_elev, ref_azim]).numpy().astype(np.float32))
+        jobs = [(seed, self.sampling, self.settings) for seed in self.seeds]
+        workers = min(self.workers, len(jobs))
+        if workers > 1:
+            # Objects are independent and seeded, so the result does not depend on the worker count.
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                it = pool.imap(_render_one, jobs, chunksize=8)
+                rendered = list(tqdm(it, total=len(jobs), desc=f"rendering {self.split}", disable=not progress))
+        else:
+            rendered = [_render_one(j) for j in tqdm(jobs, desc=f"rendering {self.split}", disable=not progress)]
+        views, refs, poses = zip(*rendered)
         return {"views": np.stack(views), "refs": np.stack(refs), "poses": np.stack(poses)}
 
     def __len__(self) -> int:

@@ -12,6 +12,10 @@ EMA reference frame (stage 2): the clean reference is the last of each object's 
 * ``reference="kv"``: the reference frame only lends keys and values to the views; its own tokens
   attend to themselves.
 * ``reference="none"``: no reference frame; all ``F`` frames are views.
+
+``backend`` is :func:`~iso3d.kernels.mv_attention`'s (``"auto"``, ``"triton"``, ``"torch"``), or
+``"naive"``: :func:`~iso3d.kernels.mv_attention_naive`, the materialized fp32-score attention of
+MVDream's fallback, kept only as the slow baseline of the benchmarks.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from iso3d.kernels import mv_attention
+from iso3d.kernels import mv_attention, mv_attention_naive
 
 __all__ = ["MultiViewAttnProcessor", "ReferenceMode"]
 
@@ -66,13 +70,18 @@ class MultiViewAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
+    def _op(self, *args, **kwargs):
+        if self.backend == "naive":
+            return mv_attention_naive(*args, **kwargs)
+        return mv_attention(*args, backend=self.backend, **kwargs)
+
     def _attend(self, q, k, v, heads, scale):
         frames = self.num_frames
         rows, tokens, channels = q.shape
         if rows % frames:
             raise ValueError(f"MultiViewAttnProcessor: {rows} frames in the batch are not a multiple of num_frames={frames}")
         if self.reference in ("none", "full"):
-            out, _ = mv_attention(q, k, v, n_views=frames, n_heads=heads, scale=scale, backend=self.backend)
+            out, _ = self._op(q, k, v, n_views=frames, n_heads=heads, scale=scale)
             return out
         if self.reference != "kv":
             raise ValueError(f"MultiViewAttnProcessor: reference must be 'none', 'full' or 'kv', got {self.reference!r}")
@@ -82,8 +91,7 @@ class MultiViewAttnProcessor:
         split = lambda x: (x.view(objects, frames, tokens, channels)[:, :-1].reshape(-1, tokens, channels),  # noqa: E731
                            x.view(objects, frames, tokens, channels)[:, -1])
         (qv, qr), (kv, kr), (vv, vr) = split(q), split(k), split(v)
-        out_views, _ = mv_attention(qv, kv, vv, n_views=frames - 1, n_heads=heads, k_ref=kr, v_ref=vr,
-                                    scale=scale, backend=self.backend)
-        out_ref, _ = mv_attention(qr, kr, vr, n_views=1, n_heads=heads, scale=scale, backend=self.backend)
+        out_views, _ = self._op(qv, kv, vv, n_views=frames - 1, n_heads=heads, k_ref=kr, v_ref=vr, scale=scale)
+        out_ref, _ = self._op(qr, kr, vr, n_views=1, n_heads=heads, scale=scale)
         out = torch.cat([out_views.view(objects, frames - 1, tokens, channels), out_ref[:, None]], dim=1)
         return out.view(rows, tokens, channels)

@@ -149,6 +149,8 @@ class MultiViewUNet(nn.Module):
                 raise ValueError(f"MultiViewUNet: {name} must have shape {shape}, got {tuple(t.shape)}")
         if context.dim() != 3 or context.shape[0] != rows or context.shape[-1] != self.config.cross_attention_dim:
             raise ValueError(f"MultiViewUNet: context must have shape [{rows}, tokens, {self.config.cross_attention_dim}], got {tuple(context.shape)}")
+        dtype = self.unet.dtype  # inputs follow the weights, so a bf16/fp16 UNet takes fp32 callers
+        sample, context, camera = sample.to(dtype), context.to(dtype), camera.to(dtype)
         frames, mode = n_views, "none"
         if reference is not None:
             sample, timestep, context, camera = self._append_reference(sample, timestep, context, camera, n_views, reference)

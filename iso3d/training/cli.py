@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 __all__ = ["add_train_parser", "run_train"]
@@ -24,14 +25,20 @@ def add_train_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--width", type=int, default=32, help="iso3d-tiny base width (new models only)")
     p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--render-workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that render the data set when it is not cached (default: all cores)")
     p.add_argument("--ref-timestep", type=int, default=0)
     p.add_argument("--ref-camera", choices=["pose", "zeros"], default="pose")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds per stage: stop early, with a checkpoint, once this much has passed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of each stage")
     p.add_argument("--device", default="auto")
+    p.add_argument("--attention-backend", choices=["auto", "triton", "torch"], default="auto",
+                   help="joint attention: the Triton kernel (auto on CUDA) or its PyTorch twin")
 
 
 def run_train(args: argparse.Namespace, device) -> int:
@@ -44,14 +51,16 @@ def run_train(args: argparse.Namespace, device) -> int:
 
     out = Path(args.out)
     if args.init:
-        model = MultiViewDiffusion.from_pretrained(args.init)
+        model = MultiViewDiffusion.from_pretrained(args.init, backend=args.attention_backend)
     else:
-        model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width), seed=args.seed)
+        model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width), seed=args.seed,
+                                   backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, render_workers=args.render_workers)
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
-                       sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data)
+                       sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
+                       time_limit=args.time_limit)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
         cfg = dataclasses.replace(base, stage=stage, steps=args.encoder_steps if stage == "encoder" else args.steps,

@@ -45,6 +45,7 @@ class DataConfig:
     image_size: int = 32
     seed: int = 0
     cache_dir: str | None = "data/cache"
+    render_workers: int = 1  # processes rendering the data set on a cache miss
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = 0
+    time_limit: float | None = None  # seconds: stop early (with a checkpoint) once this much has passed
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stage must be 'encoder', 'stage1' or 'stage2', got {self.stage!r}")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"TrainConfig: steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"TrainConfig.time_limit must be positive seconds or None, got {self.time_limit}")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"TrainConfig.cond_dropout must be in [0, 1), got {self.cond_dropout}")
 
@@ -92,6 +96,19 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if world > 1:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _out_of_time(start: float, limit: float | None, device) -> bool:
+    """Whether the time limit has passed; with several processes, rank 0's clock decides for all."""
+    if limit is None:
+        return False
+    over = time.time() - start >= limit
+    dist = _dist()
+    if dist is None:
+        return over
+    flag = torch.tensor([float(over)], device=device)
+    dist.broadcast(flag, src=0)  # every rank must stop at the same step, or the all-reduce hangs
+    return bool(flag.item())
 
 
 def _average_gradients(params) -> None:
@@ -171,7 +188,10 @@ def _checkpoints(out: Path) -> list[Path]:
 
 def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
           device: torch.device | str = "cpu", progress: bool = True, dataset: MultiViewDataset | None = None) -> dict:
-    """Run ``cfg.stage`` for ``cfg.steps`` steps; returns ``{"step", "loss", "seconds"}``."""
+    """Run ``cfg.stage`` for ``cfg.steps`` steps (or until ``cfg.time_limit``).
+
+    Returns ``{"step", "loss", "seconds", "stopped_by_time_limit"}``.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -183,7 +203,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
     if dataset is None:
         d = cfg.data
         dataset = MultiViewDataset("train", d.train_size, seed=d.seed, settings=RenderSettings(image_size=d.image_size),
-                                   cache_dir=d.cache_dir, progress=progress and rank == 0)
+                                   cache_dir=d.cache_dir, progress=progress and rank == 0, workers=d.render_workers)
     if cfg.stage == "encoder":
         model.image_encoder.visual.requires_grad_(True)
         logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
@@ -213,7 +233,13 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not progress or rank != 0)
     model.train()
     model.image_encoder.train(cfg.stage == "encoder")
+    stopped_early = False
     while step < cfg.steps:
+        if _out_of_time(start, cfg.time_limit, device):
+            stopped_early = True
+            if rank == 0:
+                _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen)
+            break
         indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
         batch = _batch(dataset, indices, device)
         with autocast:
@@ -242,7 +268,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         log.close()
     model.image_encoder.requires_grad_(False)
     model.eval()
-    return {"step": step, "loss": loss_value, "seconds": time.time() - start}
+    return {"step": step, "loss": loss_value, "seconds": time.time() - start, "stopped_by_time_limit": stopped_early}
 
 
 def _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen):

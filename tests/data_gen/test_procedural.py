@@ -48,8 +48,10 @@ def test_objects_and_splits_are_deterministic_and_disjoint(tmp_path):
     a = MultiViewDataset("train", 3, settings=settings, progress=False, cache_dir=tmp_path)
     b = MultiViewDataset("train", 3, settings=settings, progress=False, cache_dir=tmp_path)  # from the cache
     fresh = MultiViewDataset("train", 3, settings=settings, progress=False)
+    parallel = MultiViewDataset("train", 3, settings=settings, progress=False, workers=2)
     assert len(list(tmp_path.glob("*.npz"))) == 1
     assert torch.equal(a.views, b.views) and torch.equal(a.views, fresh.views)
+    assert torch.equal(a.views, parallel.views) and torch.equal(a.poses, parallel.poses)
     val = MultiViewDataset("val", 3, settings=settings, progress=False)
     assert not set(a.seeds) & set(val.seeds)
     s = a[0]
@@ -66,4 +68,6 @@ def test_bad_arguments():
         MultiViewDataset("training", 2)
     with pytest.raises(ValueError, match="size must be >= 1"):
         MultiViewDataset("train", 0)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        MultiViewDataset("train", 2, workers=0)
     assert len(random_object(5).primitives) in (1, 2, 3)

@@ -53,17 +53,17 @@ def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch)
     import iso3d.generate as g
 
     straight = generate(EXAMPLE, model, config=_config(6), seed=1, progress=False)
-    real_step = g._sds_step
+    real_step = g.sds_step
 
     def interrupted(*args):
         if args[6] == 4:  # the step argument: Ctrl-C arrives during step 4
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(g, "_sds_step", interrupted)
+    monkeypatch.setattr(g, "sds_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, progress=False)
-    monkeypatch.setattr(g, "_sds_step", real_step)
+    monkeypatch.setattr(g, "sds_step", real_step)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
     resumed = generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, resume=True, progress=False)
     assert resumed.run["losses"] == straight.run["losses"]

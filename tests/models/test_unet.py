@@ -87,13 +87,15 @@ def test_reference_frame_changes_views_and_is_dropped(unet):
     assert (other - full).abs().max() > 1e-4, "the views must read the reference content"
 
 
-def test_triton_processor_matches_torch(unet):
+@pytest.mark.parametrize("backend", ["triton", "naive"])
+@pytest.mark.parametrize("mode", ["full", "kv"])
+def test_other_processor_backends_match_torch(unet, backend, mode):
     x, t, ctx, cam = _inputs(objects=1)
-    ref = ReferenceFrame(torch.randn(1, 4, 8, 8), camera_embedding(torch.tensor([0.0]), torch.tensor([0.0])))
+    ref = ReferenceFrame(torch.randn(1, 4, 8, 8), camera_embedding(torch.tensor([0.0]), torch.tensor([0.0])), mode=mode)
     with torch.no_grad():
         want = unet(x, t, ctx, cam, n_views=V, reference=ref)
         for p in unet.processors:
-            p.backend = "triton"
+            p.backend = backend
         try:
             got = unet(x, t, ctx, cam, n_views=V, reference=ref)
         finally:

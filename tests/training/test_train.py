@@ -114,7 +114,20 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert (tmp_path / "checkpoints" / "step_0000002.pt").exists()
 
 
+def test_time_limit_stops_early_with_a_checkpoint(dataset, tmp_path):
+    cfg = TrainConfig(stage="stage1", steps=10_000, batch_size=2, checkpoint_every=10_000, time_limit=1e-9,
+                      data=DataConfig(cache_dir=None))
+    result = train(_model(), cfg, tmp_path, dataset=dataset, progress=False)
+    assert result["stopped_by_time_limit"] and result["step"] == 0
+    assert [p.name for p in (tmp_path / "checkpoints").glob("*.pt")] == ["step_0000000.pt"]
+    result = train(_model(), dataclasses.replace(cfg, steps=3, time_limit=3600.0), tmp_path / "b", dataset=dataset,
+                   progress=False)
+    assert not result["stopped_by_time_limit"] and result["step"] == 3
+
+
 def test_bad_config():
+    with pytest.raises(ValueError, match="time_limit"):
+        TrainConfig(time_limit=0)
     with pytest.raises(ValueError, match="stage must be"):
         TrainConfig(stage="stage3")
     with pytest.raises(ValueError, match="cond_dropout"):
