@@ -132,11 +132,12 @@ def smoke(request) -> bool:
 def run_bench(benchmark, request, bench_device, provenance):
     """``run_bench(fn, group=, provider=, baseline=, work=, unit=, extra=)`` times ``fn`` side by side.
 
-    ``work`` is the FLOPs (unit "TFLOP/s") or items (unit e.g. "Mpoints/s") done by one call.
+    ``work`` is the FLOPs (unit "TFLOP/s") or items (unit e.g. "Mpoints/s") done by one call;
+    ``max_rounds`` caps the rounds of a case that takes seconds per call.
     """
     rounds = request.config.getoption("--bench-rounds") or (20 if bench_device.type == "cuda" else 3)
 
-    def run(fn, *, group, provider, baseline, work=None, unit="TFLOP/s", extra=None):
+    def run(fn, *, group, provider, baseline, work=None, unit="TFLOP/s", extra=None, max_rounds=None):
         sync = (lambda: torch.cuda.synchronize(bench_device)) if bench_device.type == "cuda" else (lambda: None)
 
         def target():
@@ -146,7 +147,7 @@ def run_bench(benchmark, request, bench_device, provenance):
         peak = peak_memory_mb(fn, bench_device)
         benchmark.group = group
         benchmark.extra_info.update(provenance, provider=provider, peak_mb=round(peak, 2), **(extra or {}))
-        benchmark.pedantic(target, rounds=rounds, warmup_rounds=2 if bench_device.type == "cuda" else 1,
+        benchmark.pedantic(target, rounds=min(rounds, max_rounds or rounds), warmup_rounds=2 if bench_device.type == "cuda" else 1,
                            iterations=1)
         stats = getattr(benchmark, "stats", None)
         median = stats.stats.median if stats is not None else None

@@ -88,7 +88,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
     label = "official bf16" if on_gpu and not smoke else "tiny fp32"
     try:
         run_bench(step, group=f"sds step {label} {frames} views {size}^2 render", provider=provider,
-                  baseline="naive", work=1, unit="steps/s",
+                  baseline="naive", work=1, unit="steps/s", max_rounds=3 if provider == "naive" else None,
                   extra=dict(model=label, render_size=size, views=frames, samples_per_ray=cfg.renderer.num_samples_per_ray,
                              hash_levels=cfg.field.encoding.n_levels, attention=backend_attn, hash_grid=backend_grid,
                              sampler=sampler))

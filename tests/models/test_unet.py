@@ -89,16 +89,22 @@ def test_reference_frame_changes_views_and_is_dropped(unet):
 
 @pytest.mark.parametrize("backend", ["triton", "naive"])
 @pytest.mark.parametrize("mode", ["full", "kv"])
-def test_other_processor_backends_match_torch(unet, backend, mode):
+def test_other_processor_backends_match_torch(unet, backend, mode, device):
     x, t, ctx, cam = _inputs(objects=1)
     ref = ReferenceFrame(torch.randn(1, 4, 8, 8), camera_embedding(torch.tensor([0.0]), torch.tensor([0.0])), mode=mode)
     with torch.no_grad():
         want = unet(x, t, ctx, cam, n_views=V, reference=ref)
+        # Triton runs natively on a GPU (through its interpreter on CPU): compare there.
+        dev = device if backend == "triton" else torch.device("cpu")
+        on = lambda a: a.to(dev)  # noqa: E731
+        unet.to(dev)
         for p in unet.processors:
             p.backend = backend
         try:
-            got = unet(x, t, ctx, cam, n_views=V, reference=ref)
+            got = unet(on(x), on(t), on(ctx), on(cam), n_views=V,
+                       reference=ReferenceFrame(on(ref.sample), on(ref.camera), mode=mode)).cpu()
         finally:
+            unet.cpu()
             for p in unet.processors:
                 p.backend = "torch"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
