@@ -22,9 +22,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-HASH_P1: tl.constexpr = 2654435761
-HASH_P2: tl.constexpr = 805459861
-MASK32: tl.constexpr = 0xFFFFFFFF
+from .hash_grid_config import HASH_PRIMES
+
+# Globals a kernel reads must be tl.constexpr instances (an annotation is not enough for the
+# compiler, though the interpreter accepts it).
+HASH_P1 = tl.constexpr(HASH_PRIMES[1])
+HASH_P2 = tl.constexpr(HASH_PRIMES[2])
+MASK32 = tl.constexpr(0xFFFFFFFF)
 
 
 @triton.jit
@@ -84,9 +88,9 @@ def _hash_grid_fwd_kernel(
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
     acc = tl.zeros([BLOCK, F], dtype=tl.float32)
     for corner in tl.static_range(8):
-        bx: tl.constexpr = corner & 1
-        by: tl.constexpr = (corner >> 1) & 1
-        bz: tl.constexpr = (corner >> 2) & 1
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
         row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
         val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
@@ -114,9 +118,9 @@ def _hash_grid_bwd_kernel(
     dfy = tl.zeros([BLOCK], dtype=tl.float32)
     dfz = tl.zeros([BLOCK], dtype=tl.float32)
     for corner in tl.static_range(8):
-        bx: tl.constexpr = corner & 1
-        by: tl.constexpr = (corner >> 1) & 1
-        bz: tl.constexpr = (corner >> 2) & 1
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
         row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
         ptrs = row[:, None] * F + feats[None, :]

@@ -42,26 +42,26 @@ from ._backends import interpreter_active
 _INTERPRET = interpreter_active()
 
 
-def _configs(tuned, default):
-    """Autotuning candidates: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tuples.
+# Autotuning candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``: Hopper-friendly tiles in the
+# spirit of Triton's fused-attention tutorial. Each default fits BLOCK_D = 128 in shared memory with
+# room to spare; ``ISO3D_TRITON_AUTOTUNE=0`` keeps only the defaults (one compile per specialization
+# instead of one per candidate: the GPU test runs).
+FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 4, 2)]
+FWD_DEFAULT = (64, 64, 4, 2)
+BWD_TILES = [(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 3)]
+BWD_DEFAULT = (32, 64, 4, 2)
 
-    ``ISO3D_TRITON_AUTOTUNE=0`` keeps only ``default`` (tests: one compile per specialization
-    instead of one per candidate); under the interpreter there is nothing to tune.
-    """
+
+def _configs(tiles, default):
     if _INTERPRET:
         # Autotuning needs a GPU; one moderately large tile keeps the interpreter fast.
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    chosen = tuned if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [default]
+    chosen = tiles if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [default]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in chosen]
 
 
-# Hopper-friendly tiles in the spirit of Triton's fused-attention tutorial; the default of each list
-# fits BLOCK_D = 128 in shared memory with room to spare.
-_FWD_CONFIGS = _configs(
-    [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 4, 2)],
-    default=(64, 64, 4, 2),
-)
-_BWD_CONFIGS = _configs([(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 3)], default=(32, 64, 4, 2))
+_FWD_CONFIGS = _configs(FWD_TILES, FWD_DEFAULT)
+_BWD_CONFIGS = _configs(BWD_TILES, BWD_DEFAULT)
 _TUNE_KEY = ["n_view_tokens", "n_ref", "BLOCK_D", "REF_QUERIES", "HAS_REF"]
 
 

@@ -1,0 +1,189 @@
+"""Compile every Triton kernel of iso3d for a GPU target, on any machine (no GPU needed).
+
+Triton's interpreter, which runs the kernel tests on CPU, accepts code that the compiler rejects
+(a global that is not a ``tl.constexpr`` instance, a constexpr reassigned in an unrolled loop…).
+This module records the launches the public ops make instead of running them, turns each into a
+signature and constants, and runs Triton's whole pipeline (TTIR → TTGIR → LLVM → PTX → cubin with
+ptxas) for the target, for every dtype, reference mode and autotuning tile.
+
+Run it in a process where ``TRITON_INTERPRET`` is unset (the interpreter swaps the kernels for
+Python functions); tests/kernels/test_compile.py does so in a subprocess:
+
+    python -m iso3d.kernels.compile_check            # sm_90 (H100/H200)
+    python -m iso3d.kernels.compile_check --arch 80  # A100
+
+It does not check what only a launch can: shared memory against the device's limit, or results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+_PTR_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32",
+              torch.int64: "*i64"}
+
+
+@dataclass
+class _Launch:
+    kernel: object  # JITFunction or Autotuner
+    args: tuple
+    kwargs: dict
+
+
+@dataclass
+class _Recorder:
+    """Stands in for a kernel: ``kernel[grid](*args, **kwargs)`` is recorded, not run."""
+
+    kernel: object
+    launches: list = field(default_factory=list)
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.launches.append(_Launch(self.kernel, args, kwargs))
+
+        return record
+
+
+def _signature(jit, args: tuple, kwargs: dict, extra_consts: dict) -> tuple[dict, dict]:
+    bound = {p.name: p.default for p in jit.params if p.has_default}
+    bound.update(zip(jit.arg_names, args))
+    bound.update(kwargs)
+    bound.update(extra_consts)
+    signature, constants = {}, {}
+    for p in jit.params:
+        value = bound[p.name]
+        if p.is_constexpr:
+            signature[p.name], constants[p.name] = "constexpr", value
+        elif torch.is_tensor(value):
+            signature[p.name] = _PTR_TYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[p.name] = "i1"
+        elif isinstance(value, int):
+            signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        elif isinstance(value, float):
+            signature[p.name] = "fp32"
+        else:
+            raise TypeError(f"{jit.fn.__name__}: cannot type argument {p.name}={value!r}")
+    return signature, constants
+
+
+def _compile(launch: _Launch, tile, arch: int) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.autotuner import Autotuner
+
+    jit, extra, options = launch.kernel, {}, {}
+    if isinstance(jit, Autotuner):
+        jit = jit.fn
+        bm, bn, warps, stages = tile
+        extra, options = {"BLOCK_M": bm, "BLOCK_N": bn}, {"num_warps": warps, "num_stages": stages}
+    signature, constants = _signature(jit, launch.args, launch.kwargs, extra)
+    triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
+                   target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def _record_mv_attention(dtype: torch.dtype, mode: str) -> list[_Launch]:
+    from . import _mv_attention_triton as tk
+    from .mv_attention import _mv_attention_bwd, _mv_attention_fwd
+
+    names = ["_mv_attn_fwd_kernel", "_bwd_delta_kernel", "_mv_attn_bwd_dkdv_kernel", "_mv_attn_bwd_dq_kernel"]
+    originals = {n: getattr(tk, n) for n in names}
+    recorders = {n: _Recorder(k) for n, k in originals.items()}
+    objects, views, tokens, heads, head_dim = 1, 4, 24, 2, 64
+    make = lambda *s: torch.randn(*s).to(dtype)  # noqa: E731
+    q, k, v = (make(objects * views, tokens, heads * head_dim) for _ in range(3))
+    ref = {"none": (None, None, None), "full": tuple(make(objects, tokens, heads * head_dim) for _ in range(3))}
+    ref["kv"] = (None, *ref["full"][1:])
+    q_ref, k_ref, v_ref = ref[mode]
+    try:
+        for n, r in recorders.items():
+            setattr(tk, n, r)
+        out, out_ref, lse = _mv_attention_fwd(q, k, v, q_ref, k_ref, v_ref, views, heads, 0.125)
+        _mv_attention_bwd(out, out_ref, q, k, v, q_ref, k_ref, v_ref, out, out_ref, lse, views, heads, 0.125)
+    finally:
+        for n, kernel in originals.items():
+            setattr(tk, n, kernel)
+    return [launch for r in recorders.values() for launch in r.launches]
+
+
+def _record_hash_grid(dtype: torch.dtype) -> list[_Launch]:
+    from . import _hash_grid_triton as tk
+    from .hash_grid import _HashGridFunction
+    from .hash_grid_config import HashGridConfig
+
+    names = ["_hash_grid_fwd_kernel", "_hash_grid_bwd_kernel"]
+    originals = {n: getattr(tk, n) for n in names}
+    recorders = {n: _Recorder(k) for n, k in originals.items()}
+    config = HashGridConfig(n_levels=4, log2_hashmap_size=12)
+    x = torch.rand(100, 3, requires_grad=True)
+    table = torch.zeros(config.n_params, dtype=dtype, requires_grad=True)
+    try:
+        for n, r in recorders.items():
+            setattr(tk, n, r)
+        _HashGridFunction.apply(x, table, config).float().sum().backward()
+    finally:
+        for n, kernel in originals.items():
+            setattr(tk, n, kernel)
+    return [launch for r in recorders.values() for launch in r.launches]
+
+
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ALL_MODES = ("none", "full", "kv")
+
+
+def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles: bool = True, log=print) -> int:
+    """Compile the kernels for ``dtypes`` × reference ``modes``; returns the number of compilations.
+
+    ``all_tiles``: also every autotuning tile of the mv_attention kernels (for bf16 with the full
+    reference). Raises on the first failure.
+    """
+    from . import _mv_attention_triton as tk
+    from ._backends import interpreter_active
+
+    if interpreter_active():
+        raise RuntimeError("compile_check needs TRITON_INTERPRET unset: the interpreter replaces the kernels")
+    count = 0
+    for dtype in dtypes:
+        for launch in _record_hash_grid(dtype):
+            t0 = time.perf_counter()
+            _compile(launch, None, arch)
+            count += 1
+            log(f"ok  {launch.kernel.fn.__name__} table={str(dtype)[6:]} ({time.perf_counter() - t0:.1f}s)")
+        for mode in modes:
+            for launch in _record_mv_attention(dtype, mode):
+                tunable = hasattr(launch.kernel, "configs")
+                is_fwd = tunable and launch.kernel.fn.fn.__name__ == "_mv_attn_fwd_kernel"
+                tiles = [None]
+                if tunable:
+                    tiles = [tk.FWD_DEFAULT] if is_fwd else [tk.BWD_DEFAULT]
+                    if all_tiles and dtype == torch.bfloat16 and mode == "full":
+                        tiles = tk.FWD_TILES if is_fwd else tk.BWD_TILES
+                for tile in tiles:
+                    t0 = time.perf_counter()
+                    _compile(launch, tile, arch)
+                    count += 1
+                    name = (launch.kernel.fn if tunable else launch.kernel).fn.__name__
+                    log(f"ok  {name} {str(dtype)[6:]} ref={mode} tile={tile} ({time.perf_counter() - t0:.1f}s)")
+    return count
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
+    parser.add_argument("--default-tiles-only", action="store_true", help="skip the other autotuning tiles")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    n = compile_all(args.arch, dtypes=[getattr(torch, d) for d in args.dtypes], all_tiles=not args.default_tiles_only)
+    print(f"{n} compilations for sm_{args.arch} in {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
