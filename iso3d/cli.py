@@ -81,6 +81,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import METHODS, EvalConfig, evaluate_methods
+    from .models.bundle import default_bundle_path
+
+    methods = tuple(args.methods) if args.methods else tuple(m for m in METHODS if m != "stage1" or args.stage1_model)
+    config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed)
+    results = evaluate_methods(args.model or default_bundle_path(), stage1_bundle=args.stage1_model, config=config,
+                               methods=methods, out=args.output, device=_resolve_device(args.device))
+    header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
+    print(header)
+    for m, r in results["mean"].items():
+        print(f"{m:<14}{r['chamfer']:>9.4f}{r['volume_iou']:>9.3f}{r['psnr']:>8.2f}{r['ssim']:>7.3f}"
+              f"{r['clip_similarity']:>7.3f}{r['seconds']:>9.1f}")
+    print(f"-> {args.output}/results.json")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run_train
 
@@ -96,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     views = sub.add_parser("views", help="sample 4 consistent views of the object in an image, saved as one grid PNG")
     views.add_argument("image", help="input image (PNG/JPEG…; RGBA keeps its alpha, RGB with a plain background works)")
     views.add_argument("-o", "--output", default="views.png", help="grid PNG to write (default: views.png)")
-    views.add_argument("--model", required=True, help="bundle folder or hub id (iso3d-tiny ships in a later release)")
+    views.add_argument("--model", default=None, help="bundle folder or hub id (default: the shipped iso3d-tiny)")
     views.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     views.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the bundle's, 10)")
     views.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees (default 15)")
@@ -106,12 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="image to 3D: SDS-optimize a NeRF, export mesh and turntable")
     gen.add_argument("image", help="input image (RGBA keeps its alpha; RGB with a plain background works)")
     gen.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
-    gen.add_argument("--model", required=True, help="bundle folder or hub id (the default iso3d-tiny ships later)")
-    gen.add_argument("--steps", type=int, default=None, help="SDS steps (default: 300 on CPU, 10000 on GPU)")
+    gen.add_argument("--model", default=None, help="bundle folder or hub id (default: the shipped iso3d-tiny)")
+    gen.add_argument("--steps", type=int, default=None, help="SDS steps (default: 200 on CPU, 10000 on GPU)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
-    ev = sub.add_parser("evaluate", help="view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
+    ev = sub.add_parser("eval-model", aliases=["evaluate"],
+                        help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
     ev.add_argument("--objects", type=int, default=32)
     ev.add_argument("--split", choices=["val", "test"], default="test")
@@ -119,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--cache-dir", default="data/cache")
     ev.add_argument("--device", default="auto")
+    e3 = sub.add_parser("eval", help="image to 3D on held-out procedural objects: Chamfer, volume IoU, novel-view "
+                                     "PSNR/SSIM, CLIP similarity; Isotropic3D vs reference-view L2 vs stage 1 vs sphere")
+    e3.add_argument("-o", "--output", default="eval", help="folder for results.json and per-object images")
+    e3.add_argument("--model", default=None, help="bundle (default: the shipped iso3d-tiny)")
+    e3.add_argument("--stage1-model", default=None, help="stage-1 bundle for the 'stage1' method")
+    e3.add_argument("--methods", nargs="+", default=None, help="subset of: isotropic3d reference_l2 stage1 sphere")
+    e3.add_argument("--objects", type=int, default=4)
+    e3.add_argument("--steps", type=int, default=200, help="SDS steps per asset")
+    e3.add_argument("--seed", type=int, default=0)
+    e3.add_argument("--device", default="auto")
     from .training.cli import add_train_parser
 
     add_train_parser(sub)
@@ -128,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train,
-                "generate": _cmd_generate, "evaluate": _cmd_evaluate}
+                "generate": _cmd_generate, "evaluate": _cmd_evaluate, "eval-model": _cmd_evaluate, "eval": _cmd_eval}
     return handlers[args.command](args)
 
 

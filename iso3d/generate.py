@@ -34,7 +34,7 @@ from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
-__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at", "sds_step"]
+__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -53,23 +53,44 @@ class GenerateConfig:
     lr_grid: float = 0.01
     lr_mlp: float = 0.001
     orient_weight: tuple[float, float] = (10.0, 1000.0)  # linear over the first half
+    # Normals cost 6 extra field evaluations per sample (finite differences); without them every
+    # step shades with albedo and the orientation loss is off (GenerateConfig.cpu_tiny).
+    normals: bool = True
+    mesh_threshold: float = 25.0  # density of the exported surface (the release's); short runs stay softer
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
     grid_update_every: int = 16
+    # The reference-view L2 variant (Zero123/Magic123-style supervision, which Isotropic3D argues
+    # against): 0 = off, the method. With weight w, w·0.5·Σ(render − image)² over RGB and alpha of the
+    # input view at `reference_pose` (elevation°, azimuth°, distance, fovy°) is added each step; w = 1
+    # weighs the reference view like one SDS frame.
+    reference_loss_weight: float = 0.0
+    reference_pose: tuple[float, float, float, float] = (0.0, 0.0, 2.0, 40.0)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"GenerateConfig.steps must be >= 1, got {self.steps}")
+        if self.reference_loss_weight < 0:
+            raise ValueError(f"GenerateConfig.reference_loss_weight must be >= 0, got {self.reference_loss_weight}")
+        if len(self.reference_pose) != 4:
+            raise ValueError(f"GenerateConfig.reference_pose must be (elevation, azimuth, distance, fovy), got {self.reference_pose}")
 
     @classmethod
     def official(cls) -> "GenerateConfig":
         return cls()
 
     @classmethod
-    def cpu_tiny(cls, steps: int = 300) -> "GenerateConfig":
-        """A run that fits a 2-core CPU: smaller hash grid, fewer samples, same schedule shape."""
+    def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
+        """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
+        shading without normals (no orientation loss), the official schedule's shape over ``steps``."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
             field=FieldConfig(encoding=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16,
                                                       per_level_scale=1.5), hidden_dims=32),
-            renderer=RendererConfig(num_samples_per_ray=64),
+            renderer=RendererConfig(num_samples_per_ray=48),
+            normals=False,
+            mesh_threshold=5.0,  # 200 steps leave the blob's density (10) mostly in place: 25 finds no surface
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
         )
 
@@ -99,7 +120,7 @@ class Asset:
         return torch.stack(frames)
 
     def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
-        """Write mesh.{glb,obj,ply}, turntable.gif, views.png, field.pt and run.json into ``out_dir``."""
+        """Write mesh.{glb,obj,ply}, turntable.gif (+ .mp4 with imageio-ffmpeg), views.png, field.pt, run.json."""
         from iso3d.export import MeshExportConfig, extract_mesh
 
         out = Path(out_dir)
@@ -107,7 +128,8 @@ class Asset:
         torch.save({"field": self.field.state_dict(), "config": dataclasses.asdict(self.config)}, out / "field.pt")
         run = dict(self.run)
         try:
-            mesh = extract_mesh(self.field, MeshExportConfig(radius=self.config.field.radius))
+            mesh = extract_mesh(self.field, MeshExportConfig(threshold=self.config.mesh_threshold,
+                                                             radius=self.config.field.radius))
             for ext in ("glb", "obj", "ply"):
                 mesh.save(out / f"mesh.{ext}")
             run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces))}
@@ -115,6 +137,7 @@ class Asset:
             run["mesh"] = {"error": str(exc)}
         frames = self.render_turntable(turntable_frames, turntable_size)
         _save_gif(frames, out / "turntable.gif")
+        run["turntable_mp4"] = _save_mp4(frames, out / "turntable.mp4")
         save_image_grid(frames[:: max(1, turntable_frames // 4)][:4], out / "views.png")
         (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
         return out
@@ -125,6 +148,25 @@ def _save_gif(frames: torch.Tensor, path: Path) -> None:
 
     images = [Image.fromarray((f.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype("uint8")) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
+
+
+def _save_mp4(frames: torch.Tensor, path: Path, fps: int = 12) -> str:
+    """H.264 turntable through imageio-ffmpeg when it is installed; returns what happened."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return "skipped: imageio-ffmpeg is not installed (pip install imageio-ffmpeg, or iso3d[export])"
+    h, w = frames.shape[-2:]
+    try:  # the mesh and GIF are already saved: a codec problem must not lose them
+        writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                             quality=8, macro_block_size=2, ffmpeg_log_level="error")
+        writer.send(None)  # start the encoder
+        for f in frames:
+            writer.send((f.permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype("uint8").tobytes())
+        writer.close()
+    except (OSError, RuntimeError) as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    return "written"
 
 
 def _versions() -> dict:
@@ -147,15 +189,13 @@ def generate(
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
-    ``model``: a :class:`MultiViewDiffusion`, a bundle folder / hub id, or None for the default
-    bundle (the shipped iso3d-tiny, once it exists). ``config`` defaults to
+    ``model``: a :class:`MultiViewDiffusion`, a bundle folder / hub id, or None for the shipped
+    iso3d-tiny (``iso3d/assets/iso3d-tiny``, see its MODEL_CARD.md). ``config`` defaults to
     :meth:`GenerateConfig.cpu_tiny` on CPU and :meth:`GenerateConfig.official` on a GPU.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if model is None:
-        raise ValueError("generate: no default model is shipped yet (iso3d-tiny comes with issue #5); pass model=<bundle folder>")
     if not isinstance(model, MultiViewDiffusion):
-        model = MultiViewDiffusion.from_pretrained(model)
+        model = MultiViewDiffusion.from_pretrained(model)  # None: the shipped iso3d-tiny
     model = model.to(device).eval()
     config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
     if steps is not None:
@@ -208,6 +248,8 @@ def generate(
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
             loss = sds_step(model, fld, renderer, token, acp, config, step, gen)
+            if config.reference_loss_weight > 0:
+                loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"generate: the loss became {loss.item()} at step {step}; stopped. "
@@ -237,6 +279,26 @@ def generate(
     return asset
 
 
+def reference_view_loss(fld: ImplicitVolume, renderer: VolumeRenderer, rgba: torch.Tensor,
+                        config: GenerateConfig, size: int = 64) -> torch.Tensor:
+    """``0.5·Σ(render − image)²`` over RGB (on white) and alpha of the input view ``rgba`` ``[4, H, W]``.
+
+    The view is rendered (albedo) at ``config.reference_pose``, at ``size``² (the image is area-resized).
+    """
+    from iso3d.cameras import camera_to_world
+    from iso3d.io import composite_on_white
+
+    elevation, azimuth, distance, fovy = config.reference_pose
+    device = rgba.device
+    c2w = camera_to_world(torch.tensor([elevation]), torch.tensor([azimuth]), distance).to(device)
+    rays_o, rays_d = generate_rays(c2w, torch.tensor([fovy], device=device), size, size)
+    out = renderer(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading="albedo")
+    target = torch.nn.functional.interpolate(rgba[None].float(), (size, size), mode="area")[0]
+    rgb = out.rgb.reshape(size, size, 3).permute(2, 0, 1)
+    alpha = out.opacity.reshape(1, size, size)
+    return 0.5 * ((rgb - composite_on_white(target)).square().sum() + (alpha - target[3:]).square().sum())
+
+
 def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[int, int]:
     """(render size, objects per batch) in force at ``step``."""
     current = config.milestones[0]
@@ -260,7 +322,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     views = sample_sds_views(config.views, batch=batch, generator=gen)
     c2w, fovy = views.c2w.to(device), views.fovy.to(device)
     rays_o, rays_d = generate_rays(c2w, fovy, size, size)
-    half = step < config.albedo_only_fraction * config.steps
+    half = step < config.albedo_only_fraction * config.steps or not config.normals
     shading = "albedo" if half else ("albedo", "textureless", "lambertian")[int(torch.randint(3, (1,), generator=gen))]
     lights = None
     if shading != "albedo":  # a point light near each camera
@@ -268,7 +330,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         light_pos = c2w[:, :3, 3] * 1.5 + jitter
         lights = light_pos[:, None, None, :].expand_as(rays_o).reshape(-1, 3)
     out = renderer.train()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading,
-                           light_positions=lights, with_normals=True, generator=gen,
+                           light_positions=lights, with_normals=config.normals, generator=gen,
                            ambient=0.1 + 0.2 * float(torch.rand((), generator=gen)))
     rgb = out.rgb.reshape(-1, size, size, 3).permute(0, 3, 1, 2)
     target = model.config.image_size
@@ -291,4 +353,4 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
                                   recon_std_rescale=config.sds.recon_std_rescale)
     w0, w1 = config.orient_weight
     orient_w = w0 + (w1 - w0) * min(step / max(1, config.steps // 2), 1.0)
-    return loss + orient_w * out.orientation_loss
+    return loss + orient_w * out.orientation_loss if config.normals else loss

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from iso3d.cameras import camera_to_world, generate_rays
 
-__all__ = ["PRIMITIVES", "Primitive", "ProceduralObject", "RenderSettings", "random_object", "render_object"]
+__all__ = ["PRIMITIVES", "Primitive", "ProceduralObject", "RenderSettings", "random_object", "render_object",
+           "render_object_from"]
 
 PRIMITIVES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
 
@@ -130,13 +131,20 @@ def render_object(
     settings: RenderSettings = RenderSettings(),
 ) -> torch.Tensor:  # [V, 4, H, W] RGBA in [0, 1] (RGB on white)
     """Sphere-trace ``obj`` from cameras looking at the origin (see module docstring)."""
+    c2w = camera_to_world(elevation, azimuth, torch.full_like(elevation, settings.distance))
+    return render_object_from(obj, c2w, settings)
+
+
+def render_object_from(obj: ProceduralObject, c2w: torch.Tensor, settings: RenderSettings = RenderSettings()) -> torch.Tensor:
+    """:func:`render_object` from any cameras ``c2w`` ``[V, 4, 4]`` (fovy and supersampling from ``settings``)."""
     s = settings.supersample
     size = settings.image_size * s
-    c2w = camera_to_world(elevation, azimuth, torch.full_like(elevation, settings.distance))
-    rays_o, rays_d = generate_rays(c2w, torch.full_like(elevation, settings.fovy), size, size)
+    rays_o, rays_d = generate_rays(c2w, torch.full((c2w.shape[0],), settings.fovy), size, size)
     o, d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
-    t = torch.full((o.shape[0],), settings.distance - 1.0)  # start near the object's bounding sphere
-    far = settings.distance + 1.0
+    # Objects lie within the unit sphere: march from |o| − 1 (the camera distance minus one, as
+    # cameras look at the origin) to |o| + 1.
+    t = (o.norm(dim=-1) - 1.0).clamp(min=0.0)
+    far = o.norm(dim=-1) + 1.0
     hit = torch.zeros(o.shape[0], dtype=torch.bool)
     for _ in range(settings.max_steps):
         active = ~hit & (t < far)

@@ -32,7 +32,7 @@ from .convert import SD_VAE_CONFIG, check_state_dict, convert_isotropic3d_checkp
 from .image_encoder import CLIPImageEncoder, ImageEncoderConfig
 from .unet import MultiViewUNet, MultiViewUNetConfig
 
-__all__ = ["BundleConfig", "MultiViewDiffusion", "SchedulerConfig"]
+__all__ = ["BundleConfig", "MultiViewDiffusion", "SchedulerConfig", "default_bundle_path"]
 
 FORMAT_VERSION = 1
 
@@ -155,26 +155,32 @@ class MultiViewDiffusion(nn.Module):
             parts["vae"] = self.vae
         return parts
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and one safetensors file per part; ``dtype`` (e.g. float16) halves the files."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         for name, module in self._parts().items():
-            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+                       for k, v in module.state_dict().items()}
             save_file(tensors, str(folder / f"{name}.safetensors"), metadata={"format": "pt", "iso3d_part": name})
         return folder
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, *, device=None, dtype: torch.dtype | None = None,
-                        backend: str = "auto") -> "MultiViewDiffusion":
-        folder = _resolve_bundle(path_or_id)
+    def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, *, device=None,
+                        dtype: torch.dtype | None = None, backend: str = "auto") -> "MultiViewDiffusion":
+        """Load a bundle folder, a hub id, or (``None``) the shipped iso3d-tiny.
+
+        Weights come back in ``dtype`` (default float32, whatever the files store).
+        """
+        folder = default_bundle_path() if path_or_id is None else _resolve_bundle(path_or_id)
         config = BundleConfig.from_dict(json.loads((folder / "config.json").read_text()))
         with torch.device("meta"):
             model = cls(config, backend=backend)
         model.load_parts({name: _load_safetensors(folder / f"{name}.safetensors") for name in model._parts()})
-        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+        return model.to(device=device, dtype=dtype or torch.float32)
 
     def load_parts(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Load each part's state dict after checking keys and shapes (assigning, so meta modules work)."""
@@ -200,6 +206,15 @@ class MultiViewDiffusion(nn.Module):
             model = cls(BundleConfig.official(), backend=backend)
         model.load_parts({"unet": converted.unet, "vae": converted.vae, "image_encoder": converted.image_encoder})
         return model
+
+
+def default_bundle_path(name: str = "iso3d-tiny") -> Path:
+    """The folder of a bundle shipped inside the package: ``iso3d-tiny`` (the default model, EMA
+    stage 2) or ``iso3d-tiny-stage1`` (its stage-1 checkpoint, for comparisons). See its MODEL_CARD.md."""
+    folder = Path(__file__).resolve().parent.parent / "assets" / name
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"the shipped bundle {name!r} is missing from {folder}; reinstall iso3d")
+    return folder
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

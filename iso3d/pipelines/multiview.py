@@ -47,7 +47,7 @@ class MultiViewPipeline:
         self._progress = {}
 
     @classmethod
-    def from_pretrained(cls, path_or_id, *, device=None, dtype=None, backend: str = "auto") -> "MultiViewPipeline":
+    def from_pretrained(cls, path_or_id=None, *, device=None, dtype=None, backend: str = "auto") -> "MultiViewPipeline":
         return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend))
 
     def set_progress_bar_config(self, **kwargs) -> None:

@@ -33,7 +33,7 @@ def test_official_config_levels_are_tcnn_golden():
     assert cfg.to_tcnn() == OFFICIAL
 
 
-def test_hash_function_is_tcnn_golden():
+def test_hash_function_is_tcnn_golden(device):
     # tcnn: (1·x) ⊕ (2654435761·y) ⊕ (805459861·z) in uint32 arithmetic.
     assert HASH_PRIMES == (1, 2654435761, 805459861)
     corner = (1, 2, 3)
@@ -48,11 +48,11 @@ def test_hash_function_is_tcnn_golden():
     # pos = 8x + 0.5 = corner + ¼ on every axis; the weight of the (0,0,0) corner is (¾)³.
     x = torch.tensor([[(c + 0.25 - 0.5) / 8 for c in corner]])
     for backend in ("torch", "triton"):
-        y = hash_grid_encode(x, table, cfg, backend=backend)
+        y = hash_grid_encode(x.to(device), table.to(device), cfg, backend=backend)
         assert y.item() == pytest.approx(0.75**3, abs=1e-6), backend
 
 
-def test_dense_level_indexing_is_tcnn_golden():
+def test_dense_level_indexing_is_tcnn_golden(device):
     cfg = HashGridConfig(n_levels=1, n_features_per_level=2, log2_hashmap_size=19, base_resolution=5, per_level_scale=1.0)
     (level,) = cfg.levels
     assert not level.hashed and level.resolution == 5 and level.size == 128  # 125 → multiple of 8
@@ -61,7 +61,8 @@ def test_dense_level_indexing_is_tcnn_golden():
     table[2 * row: 2 * row + 2] = torch.tensor([1.0, -2.0])
     x = torch.tensor([[(c - 0.5) / 4 for c in (3, 1, 2)]])  # exactly on that corner
     for backend in ("torch", "triton"):
-        torch.testing.assert_close(hash_grid_encode(x, table, cfg, backend=backend), torch.tensor([[1.0, -2.0]]))
+        got = hash_grid_encode(x.to(device), table.to(device), cfg, backend=backend)
+        torch.testing.assert_close(got.cpu(), torch.tensor([[1.0, -2.0]]))
 
 
 def _points(n, seed):

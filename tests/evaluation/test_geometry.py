@@ -1,0 +1,79 @@
+"""3D metrics on shapes whose answers are known."""
+
+import math
+
+import pytest
+import torch
+
+from iso3d.evaluation import Alignment, align, chamfer_distance, normalization, volume_iou
+
+
+def _box_surface(n=3000, half=(0.5, 0.25, 0.125), seed=0):
+    """Points on the surface of an axis-aligned box (asymmetric, so its azimuth is recoverable)."""
+    gen = torch.Generator().manual_seed(seed)
+    p = (torch.rand(n, 3, generator=gen) * 2 - 1) * torch.tensor(half)
+    axis = torch.randint(0, 3, (n,), generator=gen)
+    sign = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
+    p[torch.arange(n), axis] = sign * torch.tensor(half)[axis]
+    return p
+
+
+def test_chamfer_is_zero_on_identical_sets_and_the_shift_on_shifted_ones():
+    a = torch.randn(500, 3)
+    assert chamfer_distance(a, a) == 0.0
+    single = torch.zeros(1, 3)
+    assert chamfer_distance(single, single + torch.tensor([0.3, 0.0, 0.0])) == pytest.approx(0.6)  # 0.3 each way
+
+
+def test_normalization_of_a_box():
+    box = _box_surface()
+    center, rms = normalization(box + torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(center, torch.tensor([1.0, 2.0, 3.0]), atol=2e-2, rtol=0)
+    assert rms == pytest.approx(float(box.square().sum(-1).mean().sqrt()), rel=1e-2)
+    turned = Alignment(torch.zeros(3), torch.zeros(3), 1.0, 37.0)(box)
+    assert normalization(turned)[1] == pytest.approx(normalization(box)[1], rel=1e-5)  # invariant to turns
+    with pytest.raises(ValueError, match="points must have shape"):
+        normalization(torch.zeros(0, 3))
+
+
+@pytest.mark.parametrize("azimuth", [0.0, 60.0, 135.0])
+def test_align_recovers_a_similarity_transform(azimuth):
+    truth = _box_surface()
+    known = Alignment(torch.zeros(3), torch.tensor([0.1, -0.2, 0.05]), 1.7, azimuth)
+    generated = known(_box_surface(seed=1))  # other samples of the same surface
+    found, chamfer = align(truth, generated, n_azimuths=24)
+    # A box is symmetric under a half turn, so azimuth is found modulo 180°.
+    assert (found.azimuth - azimuth) % 180 == pytest.approx(0.0, abs=1e-6) or (found.azimuth - azimuth) % 180 == pytest.approx(180.0, abs=1e-6)
+    assert found.scale == pytest.approx(1.7, rel=1e-2)
+    other = _box_surface(seed=1)
+    noise = chamfer_distance(truth / normalization(truth)[1], other / normalization(other)[1])  # sampling alone
+    assert chamfer <= 1.05 * noise
+    # A wrong turn of 90° gives a clearly larger distance.
+    wrong = Alignment(found.true_center, found.gen_center, found.scale, found.azimuth + 90)
+    _, gen_half = normalization(generated)
+    gc = found.gen_center
+    assert chamfer_distance((wrong(truth) - gc) / gen_half, (generated - gc) / gen_half) > 4 * chamfer
+
+
+def test_alignment_moves_cameras_like_points():
+    a = Alignment(torch.tensor([0.1, 0.0, 0.0]), torch.tensor([0.0, 0.2, 0.0]), 2.0, 30.0)
+    c2w = torch.eye(4)[None].clone()
+    c2w[0, :3, 3] = torch.tensor([0.0, 0.0, 2.0])
+    moved = a.camera(c2w)
+    torch.testing.assert_close(moved[0, :3, 3], a(c2w[0, :3, 3]))
+    r = moved[0, :3, :3]
+    torch.testing.assert_close(r @ r.T, torch.eye(3), atol=1e-6, rtol=0)  # still a rotation
+    torch.testing.assert_close(moved[0, :3, 2], torch.tensor([math.sin(math.radians(30)), 0.0, math.cos(math.radians(30))]),
+                               atol=1e-6, rtol=0)
+
+
+def test_volume_iou_of_spheres():
+    ball = lambda r: (lambda x: x.norm(dim=-1) < r)  # noqa: E731
+    identity = Alignment(torch.zeros(3), torch.zeros(3), 1.0, 0.0)
+    assert volume_iou(ball(0.5), ball(0.5), identity, 0.5) == pytest.approx(1.0)
+    # Radius 0.4 inside 0.5: IoU = (0.4/0.5)^3 = 0.512, up to the grid's discretization.
+    assert volume_iou(ball(0.5), ball(0.4), identity, 0.5, resolution=48) == pytest.approx(0.512, abs=0.03)
+    far = Alignment(torch.zeros(3), torch.tensor([5.0, 0.0, 0.0]), 1.0, 0.0)
+    assert volume_iou(ball(0.5), ball(0.5), far, 0.5) == 0.0
+    # Scale maps the true cube onto the generated shape: a ball twice as large, scale 2, IoU 1.
+    assert volume_iou(ball(0.5), ball(1.0), Alignment(torch.zeros(3), torch.zeros(3), 2.0, 0.0), 0.5) == pytest.approx(1.0)
