@@ -6,4 +6,17 @@ touches no GPU. Subpackages load what they need when used.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "generate"]
+
+
+def generate(image, model=None, **kwargs):
+    """One image → a 3D asset: :func:`iso3d.generation.generate` (imported on first call).
+
+    Example:
+        >>> import iso3d
+        >>> asset = iso3d.generate("examples/red_ball.png", steps=2, progress=False)  # doctest: +SKIP
+        >>> asset.save("out/ball")  # doctest: +SKIP
+    """
+    from .generation import generate as _generate
+
+    return _generate(image, model, **kwargs)

@@ -53,7 +53,7 @@ def _cmd_views(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generation import generate
 
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,

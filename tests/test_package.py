@@ -20,7 +20,7 @@ def test_import_is_light_and_gpu_free():
     # CUDA_VISIBLE_DEVICES="" hides any GPU: importing must not need one, nor load optional packages.
     code = (
         "import os, sys; os.environ['CUDA_VISIBLE_DEVICES'] = ''\n"
-        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras, iso3d.io, iso3d.models, iso3d.pipelines, iso3d.data, iso3d.training, iso3d.sds, iso3d.export, iso3d.generate\n"
+        "import iso3d, iso3d.kernels, iso3d.cli, iso3d.nerf, iso3d.cameras, iso3d.io, iso3d.models, iso3d.pipelines, iso3d.data, iso3d.training, iso3d.sds, iso3d.export, iso3d.generation, iso3d.evaluation\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     assert _run_python(code).strip() == "[]"

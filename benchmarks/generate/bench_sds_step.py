@@ -25,7 +25,7 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
-from iso3d.generate import GenerateConfig, sds_step  # noqa: E402
+from iso3d.generation import GenerateConfig, sds_step  # noqa: E402
 from iso3d.models.bundle import BundleConfig, MultiViewDiffusion  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402

@@ -140,7 +140,7 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
     ``bundle``/``stage1_bundle``: :class:`MultiViewDiffusion` or bundle folders. ``out`` receives
     ``results.json`` and one image per object (rows: truth, then each method's novel views).
     """
-    from iso3d.generate import GenerateConfig, generate
+    from iso3d.generation import GenerateConfig, generate
     from iso3d.models.bundle import MultiViewDiffusion
 
     unknown = set(methods) - set(METHODS)

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
-from iso3d.generate import GenerateConfig, generate  # noqa: E402
+from iso3d.generation import GenerateConfig, generate  # noqa: E402
 from iso3d.kernels.hash_grid import HashGridConfig  # noqa: E402
 from iso3d.models.bundle import MultiViewDiffusion  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
@@ -35,9 +35,14 @@ def test_short_run_writes_every_output(model, tmp_path):
     assert all(map(lambda v: v == v, asset.run["losses"]))  # finite
     for name in ("field.pt", "turntable.gif", "views.png", "run.json", "checkpoint.pt"):
         assert (tmp_path / name).exists(), name
+    import importlib.util
     import json
 
     run = json.loads((tmp_path / "run.json").read_text())
+    if importlib.util.find_spec("imageio_ffmpeg"):
+        assert run["turntable_mp4"] == "written" and (tmp_path / "turntable.mp4").stat().st_size > 0
+    else:
+        assert run["turntable_mp4"].startswith("skipped: imageio-ffmpeg is not installed")
     assert run["steps"] == 4 and run["versions"]["torch"] == torch.__version__
     # After 4 steps the blob-initialized field (density up to ~softplus(10)) has a surface above 25 or
     # not; either way run.json must say which, and a mesh that exists must be on disk in all formats.
@@ -50,7 +55,7 @@ def test_short_run_writes_every_output(model, tmp_path):
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch):
-    import iso3d.generate as g
+    import iso3d.generation as g
 
     straight = generate(EXAMPLE, model, config=_config(6), seed=1, progress=False)
     real_step = g.sds_step
@@ -86,30 +91,32 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
 
 
 def test_bad_arguments(model, tmp_path):
-    with pytest.raises(ValueError, match="no default model"):
-        generate(EXAMPLE)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         generate(EXAMPLE, model, steps=0)
+    with pytest.raises(ValueError, match="reference_loss_weight must be >= 0"):
+        GenerateConfig(reference_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="reference_pose must be"):
+        GenerateConfig(reference_pose=(0.0, 0.0))
     with pytest.raises(FileNotFoundError, match="resume: no checkpoint.pt"):
         generate(EXAMPLE, model, config=_config(2), out=tmp_path / "none", resume=True)
     with pytest.raises(FileNotFoundError, match="no such file"):
         generate(tmp_path / "missing.png", model, config=_config(2))
 
 
-def test_generate_cli(model, tmp_path):
+def test_generate_cli(tmp_path):
     import subprocess
     import sys
 
-    bundle = model.save_pretrained(tmp_path / "bundle")
+    # No --model: the shipped iso3d-tiny.
     result = subprocess.run([sys.executable, "-m", "iso3d", "generate", EXAMPLE, "-o", str(tmp_path / "out"),
-                             "--model", str(bundle), "--steps", "2", "--device", "cpu"],
+                             "--steps", "2", "--device", "cpu"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
 
 
 def test_official_schedule_milestones():
-    from iso3d.generate import milestone_at
+    from iso3d.generation import milestone_at
 
     cfg = GenerateConfig.official()
     assert milestone_at(cfg, 0, 256) == (64, 2) and milestone_at(cfg, 4999, 256) == (64, 2)
@@ -117,7 +124,41 @@ def test_official_schedule_milestones():
     assert milestone_at(GenerateConfig.cpu_tiny(), 10, 32) == (32, 1)
 
 
+def test_top_level_generate_is_the_function(model):
+    import iso3d
+
+    asset = iso3d.generate(EXAMPLE, model, config=_config(1), seed=0, progress=False)
+    assert asset.run["steps"] == 1
+
+
 def test_batch_of_two_objects_and_resized_renders(model):
     cfg = dataclasses.replace(_config(2), milestones=((0, 24, 2),))
     asset = generate(EXAMPLE, model, config=cfg, seed=3, progress=False)
     assert len(asset.run["losses"]) == 2
+
+
+def test_default_model_is_the_shipped_iso3d_tiny():
+    from iso3d.models.bundle import default_bundle_path
+
+    model = MultiViewDiffusion.from_pretrained(None)
+    assert model.config.image_size == 32 and model.config.unet.space == "pixel"
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "fp16 files load as float32"
+    assert (default_bundle_path() / "MODEL_CARD.md").exists()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        default_bundle_path("no-such-bundle")
+
+
+def test_reference_view_loss_variant(model):
+    from iso3d.generation import reference_view_loss
+    from iso3d.io import load_image
+    from iso3d.nerf import ImplicitVolume, VolumeRenderer
+
+    cfg = _config(2)
+    fld = ImplicitVolume(cfg.field, seed=0)
+    loss = reference_view_loss(fld, VolumeRenderer(cfg.renderer), load_image(EXAMPLE), cfg, size=16)
+    assert loss.item() > 0
+    grads = torch.autograd.grad(loss, list(fld.parameters()), allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads), "every parameter group gets a gradient"
+    plain = generate(EXAMPLE, model, config=cfg, seed=0, progress=False)
+    with_l2 = generate(EXAMPLE, model, config=dataclasses.replace(cfg, reference_loss_weight=1.0), seed=0, progress=False)
+    assert with_l2.run["losses"][0] > plain.run["losses"][0], "the L2 term is added to the SDS loss"

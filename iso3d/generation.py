@@ -1,4 +1,4 @@
-"""``iso3d.generate``: one image → a 3D asset by Isotropic3D's SDS stage.
+"""``iso3d.generate`` (defined here, in ``iso3d.generation``): one image → a 3D asset by Isotropic3D's SDS stage.
 
 The loop (DESIGN.md §2, scaled by :class:`GenerateConfig`): each step samples 4 views 90° apart
 (random azimuth offset, elevation, fov, distance), renders the hash-grid NeRF, maps the renders into
