@@ -171,7 +171,8 @@ class MultiViewDiffusion(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, *, device=None,
                         dtype: torch.dtype | None = None, backend: str = "auto") -> "MultiViewDiffusion":
-        """Load a bundle folder, a hub id, or (``None``) the shipped iso3d-tiny.
+        """Load a bundle folder, a shipped bundle by name (``"iso3d-tiny"``, ``"iso3d-tiny-stage1"``), a hub
+        id, or (``None``) the shipped iso3d-tiny.
 
         Weights come back in ``dtype`` (default float32, whatever the files store).
         """
@@ -217,6 +218,11 @@ def default_bundle_path(name: str = "iso3d-tiny") -> Path:
     return folder
 
 
+def _shipped_names() -> list[str]:
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    return sorted(p.name for p in assets.iterdir() if (p / "config.json").is_file()) if assets.is_dir() else []
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -232,8 +238,12 @@ def _resolve_bundle(path_or_id: str | os.PathLike) -> Path:
             raise FileNotFoundError(f"{path} is not an iso3d bundle: it has no config.json")
         return path
     text = str(path_or_id)
+    shipped = Path(__file__).resolve().parent.parent / "assets" / text
+    if "/" not in text and (shipped / "config.json").is_file():  # "iso3d-tiny", "iso3d-tiny-stage1"
+        return shipped
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"model: {text!r} is neither a bundle folder nor a hub id of the form 'owner/name'")
+        raise FileNotFoundError(f"model: {text!r} is neither a bundle folder, a shipped bundle name "
+                                f"({', '.join(_shipped_names())}) nor a hub id of the form 'owner/name'")
     hub = require("huggingface_hub", f"loading the hub model {text!r}")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         try:

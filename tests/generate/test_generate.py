@@ -144,6 +144,10 @@ def test_default_model_is_the_shipped_iso3d_tiny():
     assert model.config.image_size == 32 and model.config.unet.space == "pixel"
     assert all(p.dtype == torch.float32 for p in model.parameters()), "fp16 files load as float32"
     assert (default_bundle_path() / "MODEL_CARD.md").exists()
+    stage1 = MultiViewDiffusion.from_pretrained("iso3d-tiny-stage1")  # shipped bundles load by name
+    assert stage1.config == model.config
+    with pytest.raises(FileNotFoundError, match="iso3d-tiny-stage1"):  # the error lists the shipped names
+        MultiViewDiffusion.from_pretrained("no-such-model")
     with pytest.raises(FileNotFoundError, match="missing"):
         default_bundle_path("no-such-bundle")
 

@@ -50,7 +50,7 @@ def test_config_roundtrip_and_checks(tiny_folder):
 def test_missing_bundles_and_offline_hub_ids_fail_fast(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         MultiViewDiffusion.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="neither a bundle folder nor a hub id"):
+    with pytest.raises(FileNotFoundError, match="neither a bundle folder, a shipped bundle name"):
         MultiViewDiffusion.from_pretrained(tmp_path / "missing" / "deep")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
