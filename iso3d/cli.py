@@ -59,7 +59,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                      resume=args.resume)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
-          "mesh.glb/.obj/.ply, turntable.gif, views.png, field.pt, run.json")
+          "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
 
 
