@@ -33,6 +33,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the UNet weights (e.g. 0.999) and save it")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds per stage: stop early, with a checkpoint, once this much has passed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of each stage")
@@ -60,7 +62,7 @@ def run_train(args: argparse.Namespace, device) -> int:
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
-                       time_limit=args.time_limit)
+                       time_limit=args.time_limit, ema_decay=args.ema_decay)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
         cfg = dataclasses.replace(base, stage=stage, steps=args.encoder_steps if stage == "encoder" else args.steps,

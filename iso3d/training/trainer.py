@@ -64,6 +64,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = 0
     time_limit: float | None = None  # seconds: stop early (with a checkpoint) once this much has passed
+    # Exponential moving average of the UNet weights (diffusion stages): 0 = off. With decay d the
+    # saved model holds the average, which samples cleaner than the last weights of a short run.
+    ema_decay: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stage must be 'encoder', 'stage1' or 'stage2', got {self.stage!r}")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"TrainConfig: steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"TrainConfig.time_limit must be positive seconds or None, got {self.time_limit}")
         if not 0 <= self.cond_dropout < 1:
@@ -213,6 +218,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         logit_scale = None
         params = list(model.unet.parameters())
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 and cfg.stage != "encoder" else None
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     if resume and _checkpoints(out):
@@ -224,6 +230,11 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         if logit_scale is not None:
             logit_scale.data.copy_(state["logit_scale"])
         step = state["step"]
+        if ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("resume: the checkpoint has no weight average but TrainConfig.ema_decay > 0")
+            for e, saved in zip(ema, state["ema"]):
+                e.copy_(saved)
         gen.set_state(state["generators"][rank] if rank < len(state["generators"]) else state["generators"][0])
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
                 if cfg.mixed_precision != "no" else torch.autocast(device.type, enabled=False))
@@ -238,7 +249,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         if _out_of_time(start, cfg.time_limit, device):
             stopped_early = True
             if rank == 0:
-                _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen)
+                _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
             break
         indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
         batch = _batch(dataset, indices, device)
@@ -252,6 +263,9 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         _average_gradients(params)
         scaler.step(optim)
         scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
         step += 1
         loss_value = loss.item()
         bar.update(1)
@@ -260,23 +274,27 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
             log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "time": time.time() - start}) + "\n")
             log.flush()
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen)
+            _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
         if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
             _save_samples(model, dataset, out / "samples" / f"{cfg.stage}_{step:06d}.png")
     bar.close()
     if log is not None:
         log.close()
+    if ema is not None:  # the model leaves training holding the average (what gets saved and sampled)
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.image_encoder.requires_grad_(False)
     model.eval()
     return {"step": step, "loss": loss_value, "seconds": time.time() - start, "stopped_by_time_limit": stopped_early}
 
 
-def _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen):
+def _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema=None):
     path = out / "checkpoints" / f"step_{step:07d}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "step": step, "stage": cfg.stage,
                 "logit_scale": logit_scale.detach() if logit_scale is not None else None,
-                "generators": [gen.get_state()], "config": asdict(cfg)}, tmp)
+                "generators": [gen.get_state()], "config": asdict(cfg), "ema": ema}, tmp)
     tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
     for old in _checkpoints(out)[:-2]:  # keep the last two
         old.unlink()

@@ -125,7 +125,28 @@ def test_time_limit_stops_early_with_a_checkpoint(dataset, tmp_path):
     assert not result["stopped_by_time_limit"] and result["step"] == 3
 
 
+def test_weight_average_is_saved_and_resumes_exactly(dataset, tmp_path):
+    cfg = TrainConfig(stage="stage1", steps=4, batch_size=2, lr=1e-2, checkpoint_every=2, ema_decay=0.5,
+                      data=DataConfig(cache_dir=None))
+    last = _model()
+    train(last, dataclasses.replace(cfg, ema_decay=0.0), tmp_path / "plain", dataset=dataset, progress=False)
+    averaged = _model()
+    train(averaged, cfg, tmp_path / "a", dataset=dataset, progress=False)
+    start = _model()
+    differs = [not torch.equal(a, b) for a, b in zip(averaged.unet.parameters(), last.unet.parameters())]
+    moved = [not torch.equal(a, b) for a, b in zip(averaged.unet.parameters(), start.unet.parameters())]
+    assert any(differs) and any(moved), "the average is neither the last weights nor the start"
+    interrupted = _model()
+    train(interrupted, dataclasses.replace(cfg, steps=2), tmp_path / "b", dataset=dataset, progress=False)
+    resumed = _model()
+    train(resumed, cfg, tmp_path / "b", dataset=dataset, progress=False, resume=True)
+    for a, b in zip(averaged.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_bad_config():
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="time_limit"):
         TrainConfig(time_limit=0)
     with pytest.raises(ValueError, match="stage must be"):
