@@ -205,8 +205,6 @@ def generate(
     rgba = load_image(image)[None].to(device)
     with torch.no_grad():
         token = model.image_encoder(rgba).float()  # [1, 1, D]
-    n_views = config.views.n_views
-
     torch.manual_seed(seed)
     fld = ImplicitVolume(config.field, seed=seed).to(device)
     renderer = VolumeRenderer(config.renderer).to(device)

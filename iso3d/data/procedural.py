@@ -13,7 +13,6 @@ shading with a head light (``ambient + (1 − ambient)·max(0, n·v)``), white b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

@@ -27,8 +27,6 @@ class ImageLoadError(ValueError):
 
 
 def _from_pil(img) -> np.ndarray:
-    from PIL import Image
-
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img, dtype=np.float64) / 65535.0

@@ -81,7 +81,7 @@ class CLIPImageEncoder(nn.Module):
 
     def __init__(self, config: ImageEncoderConfig = ImageEncoderConfig()):
         super().__init__()
-        open_clip = _open_clip()
+        _open_clip()  # fails with the install command when open_clip is missing
         self.config = config
         from open_clip.model import _build_vision_tower
 

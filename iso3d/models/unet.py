@@ -8,7 +8,7 @@ timestep embedding, camera MLP ``Linear(16→1280)–SiLU–Linear(1280→1280)`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
