@@ -3,9 +3,11 @@
 * ``optimized``: Triton joint attention, Triton hash grid, nerfacc occupancy-grid sampling (grid
   updated 16 times on the initial blob, as after the first steps of a run).
 * ``naive``: materialized fp32-score attention (MVDream's fallback), the PyTorch hash-grid twin,
-  dense sampling of all 512 slots per ray.
+  dense sampling of all 512 slots per ray, no pruning.
 * ablations: the optimized path with one part made naive (``naive_attention``, ``torch_hash_grid``,
-  ``dense_sampling``), to see which part pays.
+  ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays.
+* ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward, VAE encode +
+  its backward, the UNet's CFG forward), to see where the time goes.
 
 On a GPU: the official model at random weights (speed does not depend on values; ~1.6 B parameters
 with the VAE and ViT-H), bf16, the official field and renderer, both SDS stages: 64² renders of
@@ -25,17 +27,19 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
+from iso3d.cameras import camera_embedding, generate_rays, sample_sds_views  # noqa: E402
 from iso3d.generation import GenerateConfig, sds_step  # noqa: E402
 from iso3d.models.bundle import BundleConfig, MultiViewDiffusion  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 
-PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler)
-    "optimized": ("auto", "triton", "nerfacc"),
-    "naive_attention": ("naive", "triton", "nerfacc"),
-    "torch_hash_grid": ("auto", "torch", "nerfacc"),
-    "dense_sampling": ("auto", "triton", "dense"),
-    "naive": ("naive", "torch", "dense"),
+PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T pruning)
+    "optimized": ("auto", "triton", "nerfacc", True),
+    "unpruned": ("auto", "triton", "nerfacc", False),
+    "naive_attention": ("naive", "triton", "nerfacc", True),
+    "torch_hash_grid": ("auto", "torch", "nerfacc", True),
+    "dense_sampling": ("auto", "triton", "dense", True),
+    "naive": ("naive", "torch", "dense", False),
 }
 BASELINE = "optimized"  # the naive path does not fit a 141 GB GPU at the official size
 
@@ -62,16 +66,13 @@ def _config(bench_device, smoke, stage: int) -> GenerateConfig:
     return dataclasses.replace(cfg, milestones=((0, None, 2 if stage == 64 else 1),))
 
 
-@pytest.mark.parametrize("provider", list(PROVIDERS))
-@pytest.mark.parametrize("stage", [64, 256])
-def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
-    on_gpu = bench_device.type == "cuda"
-    if provider != "naive" and not on_gpu:
-        pytest.skip(f"{provider}: Triton runs only in its interpreter on CPU and nerfacc's sampler needs CUDA")
-    cfg = _config(bench_device, smoke, stage)
-    backend_attn, backend_grid, sampler = PROVIDERS[provider]
-    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid),
-                              renderer=dataclasses.replace(cfg.renderer, sampler=sampler))
+def _setup(model, cfg, bench_device, provider):
+    """The provider's config, field (the initial blob) and renderer (grid updated 16 times)."""
+    backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
+    renderer_cfg = dataclasses.replace(cfg.renderer, sampler=sampler)
+    if not prune:
+        renderer_cfg = dataclasses.replace(renderer_cfg, prune_alpha_threshold=0.0, early_stop_eps=0.0)
+    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid), renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
     torch.manual_seed(0)
@@ -80,6 +81,17 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
     if sampler == "nerfacc":
         for step in range(16):
             renderer.update_occupancy(fld, step, every=1)
+    return cfg, fld, renderer
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("stage", [64, 256])
+def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
+    on_gpu = bench_device.type == "cuda"
+    if provider != "naive" and not on_gpu:
+        pytest.skip(f"{provider}: Triton runs only in its interpreter on CPU and nerfacc's sampler needs CUDA")
+    backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
+    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider)
     optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
     token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
     acp = model.config.scheduler.alphas_cumprod(bench_device)
@@ -99,7 +111,53 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
                   baseline=BASELINE, work=1, unit="steps/s", max_rounds=3 if sampler == "dense" else None,
                   extra=dict(model=label, render_size=size, views=frames, samples_per_ray=cfg.renderer.num_samples_per_ray,
                              hash_levels=cfg.field.encoding.n_levels, attention=backend_attn, hash_grid=backend_grid,
-                             sampler=sampler))
+                             sampler=sampler, pruning=prune))
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
+
+
+PHASES = ("step", "render", "vae_encode", "unet_cfg")
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("stage", [64, 256])
+def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
+    """Where an optimized step's time goes: each part alone, forward and (where it has one) backward."""
+    # On CPU (tiny model) every part still runs, so this code is checked without a GPU.
+    provider = "optimized" if bench_device.type == "cuda" else "naive"  # CPU: the tiny naive path
+    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider)
+    size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
+    frames = batch * cfg.views.n_views
+    gen = torch.Generator().manual_seed(0)
+    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
+    acp = model.config.scheduler.alphas_cumprod(bench_device)
+    views = sample_sds_views(cfg.views, batch=batch, generator=gen)
+    rays_o, rays_d = generate_rays(views.c2w.to(bench_device), views.fovy.to(bench_device), size, size)
+    rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+    image = torch.rand(frames, 3, model.config.image_size, model.config.image_size, device=bench_device,
+                       requires_grad=True)
+    z = model.encode_images(image.detach()).float()
+    cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(bench_device)
+
+    def render():
+        out = renderer.train()(fld, rays_o, rays_d, with_normals=cfg.normals, generator=gen)
+        (out.rgb.sum() + out.orientation_loss).backward()
+
+    def vae_encode():
+        model.encode_images(image).float().sum().backward()
+
+    @torch.no_grad()
+    def unet_cfg():
+        context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
+        model.unet(torch.cat([z, z]), torch.full((2 * frames,), 500, device=bench_device), context,
+                   torch.cat([cams, cams]), n_views=cfg.views.n_views)
+
+    def step():
+        sds_step(model, fld, renderer, token, acp, cfg, 0, gen).backward()
+
+    fn = {"step": step, "render": render, "vae_encode": vae_encode, "unet_cfg": unet_cfg}[phase]
+    label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
+    run_bench(fn, group=f"sds step phases {label} {frames} views {size}^2 render", provider=phase, baseline="step",
+              work=1, unit="calls/s", extra=dict(model=label, render_size=size, views=frames, phase=phase,
+                                                  samples_per_ray=cfg.renderer.num_samples_per_ray))

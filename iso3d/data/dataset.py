@@ -124,13 +124,21 @@ class MultiViewDataset(torch.utils.data.Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> MultiViewSample:
+        one = {name: t[0] for name, t in self.batch(torch.tensor([index])).items()}
+        return MultiViewSample(**one, object_seed=self.seeds[index])
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The samples ``indices`` (``[B]``) stacked, in one indexing operation per field (fast for big batches).
+
+        Keys: ``views`` ``[B, V, 4, H, W]``, ``elevation``/``azimuth`` ``[B, V]``, ``reference``
+        ``[B, 4, H, W]``, ``reference_elevation``/``reference_azimuth`` ``[B]``.
+        """
         v = self.sampling.n_views
-        pose = self.poses[index]
-        return MultiViewSample(
-            views=self.views[index].float() / 255, elevation=pose[:v], azimuth=pose[v:2 * v],
-            reference=self.refs[index].float() / 255, reference_elevation=pose[2 * v],
-            reference_azimuth=pose[2 * v + 1], object_seed=self.seeds[index],
-        )
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        pose = self.poses[idx]
+        return {"views": self.views[idx].float() / 255, "elevation": pose[:, :v], "azimuth": pose[:, v:2 * v],
+                "reference": self.refs[idx].float() / 255, "reference_elevation": pose[:, 2 * v],
+                "reference_azimuth": pose[:, 2 * v + 1]}
 
     def object(self, index: int):
         """The ground-truth object of sample ``index`` (SDF, albedo, SDF grid)."""

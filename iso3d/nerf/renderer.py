@@ -8,6 +8,11 @@ normals ``Σ w n`` and the orientation-loss term. Samples are spaced by the offi
 
 * ``nerfacc`` sampler (CUDA): ``OccGridEstimator.sampling`` marches rays through the 32³ grid and
   returns packed samples; the field is evaluated only there.
+* Both samplers then prune as the release does (threestudio's ``prune_alpha_threshold``): the
+  density alone is evaluated without gradients at every surviving sample, and a sample is kept only
+  if its opacity ``α_i = 1 − e^{−σ_i δ_i} ≥ 0.01`` and the transmittance in front of it
+  ``T_i ≥ 10⁻⁴`` (nerfacc's ``render_visibility_from_density``). Colour, normals and gradients are
+  then computed for the kept samples only: near a converged surface, a few per ray.
 * ``dense`` sampler (any device): every ray gets the same number of slots ``[R, S]``; slots outside
   the AABB or in unoccupied grid cells get zero density and are not evaluated. The occupancy grid
   itself (nerfacc's ``OccGridEstimator``: EMA of ``σ·step``, threshold 0.01, update every 16 steps)
@@ -40,8 +45,23 @@ class RendererConfig:
     grid_alpha_threshold: float = 0.01  # a cell is occupied when σ·step exceeds this (EMA, nerfacc)
     grid_warmup_steps: int = 256  # nerfacc: evaluate every cell during the first steps
     grid_ema_decay: float = 0.95
+    # Sample pruning before the full evaluation (see the module docstring); 0 and 0 turn it off.
+    prune_alpha_threshold: float = 0.01
+    early_stop_eps: float = 1e-4
     sampler: Literal["auto", "nerfacc", "dense"] = "auto"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # white
+
+    def __post_init__(self):
+        if self.num_samples_per_ray < 1 or self.grid_resolution < 1:
+            raise ValueError(f"RendererConfig: num_samples_per_ray and grid_resolution must be >= 1, got "
+                             f"{self.num_samples_per_ray} and {self.grid_resolution}")
+        if not 0 <= self.prune_alpha_threshold < 1 or not 0 <= self.early_stop_eps < 1:
+            raise ValueError(f"RendererConfig: prune_alpha_threshold and early_stop_eps must be in [0, 1), got "
+                             f"{self.prune_alpha_threshold} and {self.early_stop_eps}")
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_alpha_threshold > 0 or self.early_stop_eps > 0
 
     @property
     def render_step_size(self) -> float:
@@ -159,10 +179,10 @@ class VolumeRenderer(nn.Module):
         if self._sampler(rays_o.device) == "nerfacc":
             samples = self._packed_samples(field, rays_o, rays_d, use_grid, stratified)
         else:
-            samples = self._dense_samples(rays_o, rays_d, use_grid, stratified, generator)
+            samples = self._dense_samples(field, rays_o, rays_d, use_grid, stratified, generator)
         return self._composite(field, rays_o, rays_d, samples, shading, light_positions, ambient, with_normals)
 
-    def _dense_samples(self, rays_o, rays_d, use_grid, stratified, generator):
+    def _dense_samples(self, field, rays_o, rays_d, use_grid, stratified, generator):
         cfg = self.config
         step = cfg.render_step_size
         t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, cfg.radius)
@@ -176,7 +196,23 @@ class VolumeRenderer(nn.Module):
             valid = valid & self.occupied(mid)
         t_ends = torch.where(valid, t_ends, t_starts)  # zero-length slots contribute nothing
         ray_idx, slot_idx = valid.nonzero(as_tuple=True)
+        if cfg.prunes and ray_idx.numel():
+            ray_idx, slot_idx = self._visible_dense(field, rays_o, rays_d, t_starts, t_ends, ray_idx, slot_idx)
         return dict(kind="dense", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx, slot_idx=slot_idx)
+
+    @torch.no_grad()
+    def _visible_dense(self, field, rays_o, rays_d, t_starts, t_ends, ray_idx, slot_idx):
+        """The dense twin of nerfacc's pruning in ``OccGridEstimator.sampling(sigma_fn=…)``."""
+        nerfacc = require("nerfacc", "iso3d's renderer")
+        cfg = self.config
+        mid = (t_starts[ray_idx, slot_idx] + t_ends[ray_idx, slot_idx]) / 2
+        sigma = field.density(rays_o[ray_idx] + rays_d[ray_idx] * mid[:, None]).to(t_starts.dtype)
+        # Slots that were not evaluated have zero density: they do not change the transmittance.
+        dense_sigma = torch.zeros_like(t_starts).index_put((ray_idx, slot_idx), sigma)
+        visible = nerfacc.render_visibility_from_density(
+            t_starts, t_ends, dense_sigma, early_stop_eps=cfg.early_stop_eps, alpha_thre=cfg.prune_alpha_threshold)
+        keep = visible[ray_idx, slot_idx]
+        return ray_idx[keep], slot_idx[keep]
 
     def _packed_samples(self, field, rays_o, rays_d, use_grid, stratified):
         nerfacc = require("nerfacc", "iso3d's CUDA renderer")
@@ -187,14 +223,26 @@ class VolumeRenderer(nn.Module):
             # Without a built grid, march every cell: mark the grid occupied for this call only.
             saved = estimator.binaries.clone()
             estimator.binaries.fill_(True)
+        cfg = self.config
+
+        def sigma_fn(t_starts, t_ends, ray_indices):  # [N] each -> [N]; nerfacc calls it once per render
+            mid = (t_starts + t_ends)[:, None] / 2
+            return field.density(rays_o[ray_indices] + rays_d[ray_indices] * mid).to(t_starts.dtype)
+
         try:
-            ray_idx, t_starts, t_ends = estimator.sampling(
-                rays_o, rays_d, render_step_size=self.config.render_step_size, stratified=stratified,
-            )
+            with torch.no_grad():
+                ray_idx, t_starts, t_ends = estimator.sampling(
+                    rays_o, rays_d, render_step_size=cfg.render_step_size, stratified=stratified,
+                    sigma_fn=sigma_fn if cfg.prunes else None, alpha_thre=cfg.prune_alpha_threshold,
+                    early_stop_eps=cfg.early_stop_eps,
+                )
         finally:
             if saved is not None:
                 estimator.binaries.copy_(saved)
-        return dict(kind="packed", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx)
+        if ray_idx.numel() == 0:  # nothing left to render: one zero-length sample keeps the shapes valid
+            ray_idx = torch.zeros(1, dtype=ray_idx.dtype, device=ray_idx.device)
+            t_starts = t_ends = torch.zeros(1, dtype=rays_o.dtype, device=rays_o.device)
+        return dict(kind="packed", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx.long())
 
     def _composite(self, field, rays_o, rays_d, s, shading, light_positions, ambient, with_normals):
         nerfacc = require("nerfacc", "iso3d's renderer")

@@ -29,6 +29,11 @@ def add_train_parser(sub) -> None:
                    help="processes that render the data set when it is not cached (default: all cores)")
     p.add_argument("--ref-timestep", type=int, default=0)
     p.add_argument("--ref-camera", choices=["pose", "zeros"], default="pose")
+    p.add_argument("--reference-dropout", type=float, default=0.0,
+                   help="stage 2: probability that a step trains without the reference frame (as at inference)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (diffusion stages)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="after warm-up: constant, or a cosine decay to 0 at --steps")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
@@ -62,11 +67,16 @@ def run_train(args: argparse.Namespace, device) -> int:
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
-                       time_limit=args.time_limit, ema_decay=args.ema_decay)
+                       time_limit=args.time_limit, ema_decay=args.ema_decay,
+                       reference_dropout=args.reference_dropout, warmup_steps=args.warmup_steps,
+                       lr_schedule=args.lr_schedule)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
-        cfg = dataclasses.replace(base, stage=stage, steps=args.encoder_steps if stage == "encoder" else args.steps,
-                                  lr=args.encoder_lr if stage == "encoder" else args.lr)
+        encoder = stage == "encoder"  # the encoder keeps a constant rate (its own --encoder-lr)
+        cfg = dataclasses.replace(base, stage=stage, steps=args.encoder_steps if encoder else args.steps,
+                                  lr=args.encoder_lr if encoder else args.lr,
+                                  warmup_steps=0 if encoder else base.warmup_steps,
+                                  lr_schedule="constant" if encoder else base.lr_schedule)
         result = train(model, cfg, out / stage, resume=args.resume, device=device)
         bundle = model.save_pretrained(out / stage / "bundle")
         (out / stage / "result.json").write_text(json.dumps({**result, "config": dataclasses.asdict(cfg)}, indent=2))

@@ -58,6 +58,12 @@ class TrainConfig:
     cond_dropout: float = 0.1
     ref_timestep: int = 0  # DESIGN.md: default t_ref = 0
     ref_camera: Literal["pose", "zeros"] = "pose"
+    # Stage 2: the probability that a step trains without the reference frame (as stage 1), so the
+    # model keeps working without it, which is how it is used at inference (CLIP embedding only).
+    reference_dropout: float = 0.0
+    # Learning rate: linear warm-up over `warmup_steps`, then constant or a cosine decay to 0 at `steps`.
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     checkpoint_every: int = 200
     sample_every: int = 0  # 0: never
     log_every: int = 10
@@ -80,6 +86,19 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.time_limit must be positive seconds or None, got {self.time_limit}")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"TrainConfig.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if not 0 <= self.reference_dropout <= 1:
+            raise ValueError(f"TrainConfig.reference_dropout must be in [0, 1], got {self.reference_dropout}")
+        if self.warmup_steps < 0 or self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"TrainConfig: warmup_steps must be >= 0 and lr_schedule 'constant' or 'cosine', "
+                             f"got {self.warmup_steps} and {self.lr_schedule!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based)."""
+        factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.lr_schedule == "cosine" and self.steps > self.warmup_steps:
+            progress = min(1.0, max(0.0, (step - self.warmup_steps) / (self.steps - self.warmup_steps)))
+            factor *= 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,7 +168,8 @@ def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen
     cams = camera_embedding(batch["elevation"].flatten().cpu(), batch["azimuth"].flatten().cpu(),
                             convention=model.config.camera_convention).to(device)
     reference = None
-    if cfg.stage == "stage2":
+    drop_reference = cfg.reference_dropout > 0 and float(torch.rand((), generator=gen)) < cfg.reference_dropout
+    if cfg.stage == "stage2" and not drop_reference:
         ref_x0 = model.encode_images(composite_on_white(batch["reference"]))
         if cfg.ref_camera == "pose":
             ref_cam = camera_embedding(batch["reference_elevation"].cpu(), batch["reference_azimuth"].cpu(),
@@ -181,10 +201,7 @@ def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.
 # the loop
 # ----------------------------------------------------------------------------------------------
 def _batch(dataset: MultiViewDataset, indices: torch.Tensor, device) -> dict:
-    samples = [dataset[int(i)] for i in indices]
-    stack = lambda name: torch.stack([getattr(s, name) for s in samples]).to(device)  # noqa: E731
-    return {name: stack(name) for name in ("views", "elevation", "azimuth", "reference",
-                                            "reference_elevation", "reference_azimuth")}
+    return {name: t.to(device, non_blocking=True) for name, t in dataset.batch(indices).items()}
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -259,6 +276,8 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")
         optim.zero_grad(set_to_none=True)
+        for group in optim.param_groups:
+            group["lr"] = cfg.lr_at(step)
         scaler.scale(loss).backward()
         _average_gradients(params)
         scaler.step(optim)
@@ -271,7 +290,8 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "time": time.time() - start}) + "\n")
+            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "lr": cfg.lr_at(step - 1),
+                                  "time": time.time() - start}) + "\n")
             log.flush()
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)

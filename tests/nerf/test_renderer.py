@@ -68,7 +68,8 @@ def _reference_quadrature(field, rays_o, rays_d, radius=1.0, n=20000):
 
 def test_smooth_density_matches_dense_quadrature():
     blob = GaussianBlob()
-    renderer = VolumeRenderer(RendererConfig()).eval()  # the official 512 samples per ray
+    # The official 512 samples per ray, without pruning (the quadrature itself is under test here).
+    renderer = VolumeRenderer(RendererConfig(prune_alpha_threshold=0.0, early_stop_eps=0.0)).eval()
     rays_o, rays_d = _camera_rays(h=6, w=6)
     out = renderer(blob, rays_o, rays_d)
     rgb, opacity = _reference_quadrature(blob, rays_o, rays_d)
@@ -87,7 +88,8 @@ def test_occupancy_grid_keeps_the_image():
     torch.manual_seed(0)
     rays_o, rays_d = _camera_rays(h=32, w=32)
     field = TwoSpheres()
-    renderer = VolumeRenderer(RendererConfig(num_samples_per_ray=256)).eval()
+    # Pruning off: the grid alone is under test here.
+    renderer = VolumeRenderer(RendererConfig(num_samples_per_ray=256, prune_alpha_threshold=0, early_stop_eps=0)).eval()
     full = renderer(field, rays_o, rays_d, use_grid=False)
     for step in range(16):
         renderer.update_occupancy(field, step=step, every=1)
@@ -98,6 +100,59 @@ def test_occupancy_grid_keeps_the_image():
     err = (skipped.rgb - full.rgb).abs()
     assert err.mean() <= 1e-3 and err.max() <= 0.1
     assert (skipped.opacity - full.opacity).abs().mean() <= 1e-3
+
+
+def _pruned_reference(field, rays_o, rays_d, cfg: RendererConfig):
+    """fp64 oracle of the pruning rule: slot by slot, keep ``α ≥ α_thre`` and ``T ≥ ε`` (T from all
+    evaluated slots, as nerfacc), then composite the kept slots alone. Returns (rgb, n_kept)."""
+    t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, cfg.radius)
+    step, n = cfg.render_step_size, cfg.num_samples_per_ray
+    t0 = t_near.double()[:, None] + torch.arange(n, dtype=torch.float64) * step
+    t1 = torch.minimum(t0 + step, t_far.double()[:, None])
+    valid = hit[:, None] & (t1 > t0)
+    points = (rays_o.double()[:, None] + rays_d.double()[:, None] * ((t0 + t1) / 2)[..., None]).float()
+    out = field(points.reshape(-1, 3))
+    sigma = out.density.double().reshape(valid.shape) * valid
+    alpha = 1 - torch.exp(-sigma * (t1 - t0).clamp(min=0))
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+    keep = valid & (alpha >= cfg.prune_alpha_threshold) & (trans >= cfg.early_stop_eps)
+    alpha_kept = alpha * keep
+    w = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha_kept[:, :-1]], 1), 1) * alpha_kept
+    albedo = out.albedo.double().reshape(*valid.shape, 3)
+    rgb = (w[..., None] * albedo).sum(1) + (1 - w.sum(1, keepdim=True))
+    return rgb, int(keep.sum())
+
+
+@pytest.mark.parametrize("field_name", ["blob", "spheres"])
+def test_pruning_follows_the_release_rule(field_name):
+    """α < 0.01 and T < 1e-4 samples are dropped before the full evaluation (threestudio's
+    ``prune_alpha_threshold``): same samples and same image as the oracle; far fewer samples than
+    without pruning on a sharp object, and the image of that object barely changes."""
+    field = GaussianBlob() if field_name == "blob" else TwoSpheres()
+    cfg = RendererConfig(num_samples_per_ray=256)
+    rays_o, rays_d = _camera_rays(h=12, w=12)
+    pruned = VolumeRenderer(cfg).eval()(field, rays_o, rays_d, use_grid=False)
+    rgb, n_kept = _pruned_reference(field, rays_o, rays_d, cfg)
+    assert pruned.n_samples == n_kept
+    assert (pruned.rgb.double() - rgb).abs().max() <= 1e-5
+    full = VolumeRenderer(RendererConfig(num_samples_per_ray=256, prune_alpha_threshold=0, early_stop_eps=0)).eval()(
+        field, rays_o, rays_d, use_grid=False)
+    assert pruned.n_samples < full.n_samples
+    if field_name == "spheres":  # σ·δ = 0.4 per sample: only T < 1e-4 (hidden) samples go
+        assert pruned.n_samples < 0.5 * full.n_samples
+        assert (pruned.rgb - full.rgb).abs().max() <= 2e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's packed sampler needs CUDA")
+def test_packed_and_dense_samplers_agree_on_cuda():
+    field = GaussianBlob().cuda()
+    rays_o, rays_d = (t.cuda() for t in _camera_rays(h=16, w=16))
+    outs = {s: VolumeRenderer(RendererConfig(num_samples_per_ray=256, sampler=s)).cuda().eval()(
+        field, rays_o, rays_d, use_grid=False) for s in ("nerfacc", "dense")}
+    # nerfacc marches from the same t_near with the same step; fp32 sums in another order.
+    assert abs(outs["nerfacc"].n_samples - outs["dense"].n_samples) <= 0.01 * outs["dense"].n_samples
+    assert (outs["nerfacc"].rgb - outs["dense"].rgb).abs().max() <= 1e-2
+    assert (outs["nerfacc"].opacity - outs["dense"].opacity).abs().mean() <= 1e-3
 
 
 @pytest.mark.parametrize("shading", ["albedo", "lambertian", "textureless"])
@@ -174,5 +229,7 @@ def test_bad_inputs():
         VolumeRenderer(RendererConfig(sampler="nerfacc"))(field, torch.zeros(1, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="needs normals and a light position"):
         renderer(field, torch.tensor([[0.0, 0, 3]]), torch.tensor([[0.0, 0, -1]]), shading="lambertian")
+    with pytest.raises(ValueError, match="prune_alpha_threshold and early_stop_eps"):
+        RendererConfig(prune_alpha_threshold=1.5)
     with pytest.raises(ValueError, match=r"x must have shape \[P, 3\]"):
         ImplicitVolume(FieldConfig(encoding=SMALL_GRID))(torch.zeros(3))

@@ -144,6 +144,36 @@ def test_weight_average_is_saved_and_resumes_exactly(dataset, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, steps=110, warmup_steps=10, lr_schedule="cosine")
+    assert [round(cfg.lr_at(s), 6) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+    assert cfg.lr_at(60) == pytest.approx(0.5)  # half-way through the cosine
+    assert cfg.lr_at(110) == pytest.approx(0.0, abs=1e-12) and cfg.lr_at(10_000) == pytest.approx(0.0, abs=1e-12)
+    assert TrainConfig(lr=0.3).lr_at(12345) == 0.3  # the default is constant, without warm-up
+
+
+def test_reference_dropout_trains_stage2_steps_as_stage1(dataset):
+    model = _model()
+    batch = _batch(dataset, torch.arange(len(dataset)), "cpu")
+
+    def loss(**kw):
+        cfg = TrainConfig(cond_dropout=0.0, data=DataConfig(cache_dir=None), **kw)
+        with torch.no_grad():
+            return diffusion_loss(model, batch, cfg, torch.Generator().manual_seed(5)).item()
+
+    dropped = loss(stage="stage2", reference_dropout=1.0)
+    assert dropped == loss(stage="stage1", reference_dropout=1.0)  # same draws, no reference frame
+    assert dropped != loss(stage="stage2", reference_dropout=0.0)
+
+
+def test_batch_matches_single_samples(dataset):
+    batch = dataset.batch(torch.tensor([2, 0]))
+    for row, i in enumerate([2, 0]):
+        sample = dataset[i]
+        for name, value in batch.items():
+            assert torch.equal(value[row], getattr(sample, name)), name
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
@@ -153,6 +183,10 @@ def test_bad_config():
         TrainConfig(stage="stage3")
     with pytest.raises(ValueError, match="cond_dropout"):
         TrainConfig(cond_dropout=1.5)
+    with pytest.raises(ValueError, match="reference_dropout"):
+        TrainConfig(reference_dropout=-0.1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
 
 
 def test_train_all_command_writes_reloadable_bundles(tmp_path):
