@@ -17,7 +17,7 @@ from iso3d.data import MultiViewDataset
 from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 
-__all__ = ["evaluate_retrieval", "evaluate_views", "psnr", "silhouette_iou", "ssim"]
+__all__ = ["evaluate_retrieval", "evaluate_views", "psnr", "sample_grid", "silhouette_iou", "ssim"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, 3, H, W] in [0, 1] -> [N]
@@ -51,6 +51,13 @@ def silhouette_iou(pred_rgb: torch.Tensor, true_alpha: torch.Tensor, threshold: 
     return inter / union
 
 
+def _sample_views(pipe, sample, num_inference_steps: int, seed: int) -> torch.Tensor:  # -> [V, 3, H, W]
+    """4 views sampled at the sample's true cameras from the CLIP embedding of its reference view."""
+    out = pipe(sample.reference, num_inference_steps=num_inference_steps, elevation=float(sample.elevation[0]),
+               azimuths=[float(a) for a in sample.azimuth], seed=seed)
+    return out.images.cpu().float()
+
+
 @torch.no_grad()
 def evaluate_views(model: MultiViewDiffusion, dataset: MultiViewDataset, *, n_objects: int | None = None,
                    num_inference_steps: int = 20, seed: int = 0) -> dict:
@@ -62,10 +69,8 @@ def evaluate_views(model: MultiViewDiffusion, dataset: MultiViewDataset, *, n_ob
     rows = []
     for i in range(n_objects or len(dataset)):
         s = dataset[i]
-        out = pipe(s.reference, num_inference_steps=num_inference_steps, elevation=float(s.elevation[0]),
-                   azimuths=[float(a) for a in s.azimuth], seed=seed + i)
+        pred = _sample_views(pipe, s, num_inference_steps, seed + i)
         truth = composite_on_white(s.views)
-        pred = out.images.cpu().float()
         rows.append(torch.stack([psnr(pred, truth), ssim(pred, truth), silhouette_iou(pred, s.views[:, 3:])], 1))
     m = torch.cat(rows)
     return {"objects": len(rows), "psnr": m[:, 0].mean().item(), "ssim": m[:, 1].mean().item(),
@@ -82,3 +87,29 @@ def evaluate_retrieval(model: MultiViewDiffusion, dataset: MultiViewDataset, *, 
     emb = F.normalize(model.image_encoder(views)[:, 0], dim=-1)
     guess = (emb @ refs.T).argmax(1)
     return {"objects": n, "retrieval_accuracy": (guess == owner).float().mean().item(), "chance": 1.0 / n}
+
+
+@torch.no_grad()
+def sample_grid(model: MultiViewDiffusion, dataset: MultiViewDataset, path, *, n_objects: int = 6,
+                num_inference_steps: int = 50, seed: int = 0):
+    """Save a PNG with one row per object: its reference view (the input), 4 sampled views, the 4 true views.
+
+    Example:
+        >>> from iso3d.data import MultiViewDataset, RenderSettings
+        >>> from iso3d.models.bundle import MultiViewDiffusion
+        >>> model = MultiViewDiffusion.from_pretrained("iso3d-tiny")
+        >>> data = MultiViewDataset("test", 2, settings=RenderSettings(image_size=32), progress=False)
+        >>> sample_grid(model, data, "/tmp/iso3d_grid.png", n_objects=2, num_inference_steps=2).name
+        'iso3d_grid.png'
+    """
+    from iso3d.io import save_image_grid
+    from iso3d.pipelines import MultiViewPipeline
+
+    pipe = MultiViewPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for i in range(min(n_objects, len(dataset))):
+        s = dataset[i]
+        rows += [composite_on_white(s.reference[None]), _sample_views(pipe, s, num_inference_steps, seed + i),
+                 composite_on_white(s.views)]
+    return save_image_grid(torch.cat(rows), path, columns=1 + 2 * dataset.sampling.n_views)

@@ -1,6 +1,7 @@
 """Evaluation metrics: PSNR/SSIM/IoU on known cases; the evaluation loops run."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,8 +50,13 @@ def test_evaluate_command(tmp_path):
 
     bundle = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0).save_pretrained(tmp_path / "b")
     result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), "--objects", "2", "--steps", "1",
-                             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"],
+                             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                             "--grid", str(tmp_path / "grid.png"), "--grid-objects", "2"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert set(report[str(bundle)]) >= {"psnr", "ssim", "silhouette_iou", "retrieval_accuracy"}
+    from PIL import Image
+
+    grid = Image.open(report[str(bundle)]["grid"])  # 2 rows of 1 input + 4 sampled + 4 true 16² views
+    assert grid.size == (9 * 16, 2 * 16) and Path(report[str(bundle)]["grid"]).name == "grid_b.png"
