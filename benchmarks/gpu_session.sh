@@ -9,7 +9,7 @@
 # Usage (repository root, with ./.whl from ../shared/device/fetch-wheels.sh and data/cache rendered):
 #   bash benchmarks/gpu_session.sh          # carry: .whl and the data/cache files training needs
 # Parts can be left out: TRAIN=0, TESTS="paths" (empty: none), BENCHES="names" (see bench calls below);
-# SDS_K="pytest -k expression" picks SDS-step cases. The training recipe's knobs are in phase 2.
+# SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
 set -u
 TRAIN=${TRAIN:-1}
 TESTS=${TESTS-tests/kernels/test_hash_grid.py tests/nerf tests/kernels/test_mv_attention.py}
@@ -48,7 +48,7 @@ TESTS_PID=
   for t in $TESTS; do  # one run per path, so a failure in one does not hide the others
     LEFT=$(( DEADLINE - $(date +%s) )); [ $LEFT -le 5 ] && { echo "$t: not run (time)" >> "$LOGS/tests.log"; continue; }
     echo "== $t" >> "$LOGS/tests.log"
-    ISO3D_TRITON_AUTOTUNE=0 timeout $LEFT python3 -m pytest $t -q -x --tb=short -p no:cacheprovider \
+    ISO3D_TRITON_AUTOTUNE=0 timeout $LEFT python3 -m pytest $t ${TEST_K:+-k "$TEST_K"} -q -x --tb=short -p no:cacheprovider \
       -o addopts="--import-mode=importlib" >> "$LOGS/tests.log" 2>&1; echo "$t rc=$?" >> "$LOGS/tests.log"
   done) &
 [ -n "$TESTS" ] && TESTS_PID=$!

@@ -5,7 +5,8 @@
 * ``naive``: materialized fp32-score attention (MVDream's fallback), the PyTorch hash-grid twin,
   dense sampling of all 512 slots per ray, no pruning.
 * ablations: the optimized path with one part made naive (``naive_attention``, ``torch_hash_grid``,
-  ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays.
+  ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays;
+  ``forward_normals``: the optimized path with forward- instead of central-difference normals.
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward, VAE encode +
   its backward, the UNet's CFG forward), to see where the time goes.
 
@@ -35,6 +36,7 @@ from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 
 PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T pruning)
     "optimized": ("auto", "triton", "nerfacc", True),
+    "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 evaluations, not 6)
     "unpruned": ("auto", "triton", "nerfacc", False),
     "naive_attention": ("naive", "triton", "nerfacc", True),
     "torch_hash_grid": ("auto", "torch", "nerfacc", True),
@@ -66,13 +68,16 @@ def _config(bench_device, smoke, stage: int) -> GenerateConfig:
     return dataclasses.replace(cfg, milestones=((0, None, 2 if stage == 64 else 1),))
 
 
-def _setup(model, cfg, bench_device, provider):
+def _setup(model, cfg, bench_device, provider, forward_normals=False):
     """The provider's config, field (the initial blob) and renderer (grid updated 16 times)."""
     backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
     renderer_cfg = dataclasses.replace(cfg.renderer, sampler=sampler)
     if not prune:
         renderer_cfg = dataclasses.replace(renderer_cfg, prune_alpha_threshold=0.0, early_stop_eps=0.0)
-    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid), renderer=renderer_cfg)
+    forward_normals = forward_normals or provider == "forward_normals"
+    normal_type = "forward_difference" if forward_normals else cfg.field.normal_type
+    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, normal_type=normal_type),
+                              renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
     torch.manual_seed(0)
@@ -117,7 +122,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
 
 
-PHASES = ("step", "render", "vae_encode", "unet_cfg")
+PHASES = ("step", "render", "render_forward_normals", "vae_encode", "unet_cfg")
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -126,7 +131,8 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     """Where an optimized step's time goes: each part alone, forward and (where it has one) backward."""
     # On CPU (tiny model) every part still runs, so this code is checked without a GPU.
     provider = "optimized" if bench_device.type == "cuda" else "naive"  # CPU: the tiny naive path
-    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider)
+    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider,
+                                forward_normals=phase == "render_forward_normals")
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
     frames = batch * cfg.views.n_views
     gen = torch.Generator().manual_seed(0)
@@ -156,7 +162,8 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     def step():
         sds_step(model, fld, renderer, token, acp, cfg, 0, gen).backward()
 
-    fn = {"step": step, "render": render, "vae_encode": vae_encode, "unet_cfg": unet_cfg}[phase]
+    fn = {"step": step, "render": render, "render_forward_normals": render, "vae_encode": vae_encode,
+          "unet_cfg": unet_cfg}[phase]
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     run_bench(fn, group=f"sds step phases {label} {frames} views {size}^2 render", provider=phase, baseline="step",
               work=1, unit="calls/s", extra=dict(model=label, render_size=size, views=frames, phase=phase,

@@ -28,7 +28,10 @@ class FieldConfig:
     radius: float = 1.0  # AABB [−radius, radius]³, mapped to [0, 1]³ for the encoding
     blob_density: float = 10.0  # λ of the blob density bias
     blob_radius: float = 0.5  # r of the blob density bias
-    normal_type: Literal["finite_difference", "analytic"] = "finite_difference"
+    # Normals −∇σ/‖∇σ‖: central differences (6 extra density evaluations per point), forward
+    # differences (3 extra, reusing σ(x); error O(ε) instead of O(ε²)), or autograd (PyTorch grids only:
+    # it needs the encoding's double backward).
+    normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "finite_difference"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
 
@@ -48,12 +51,27 @@ def finite_difference_normals(
     density_fn: Callable[[torch.Tensor], torch.Tensor],  # [P, 3] -> [P]
     x: torch.Tensor,  # [P, 3]
     eps: float,
+    sigma_at_x: torch.Tensor | None = None,  # [P]: given, forward differences reuse it
 ) -> torch.Tensor:  # [P, 3]
-    """Outward normals ``−∇σ/‖∇σ‖`` by central differences; works with every encoding backend."""
+    """Outward normals ``−∇σ/‖∇σ‖`` by finite differences; works with every encoding backend.
+
+    Central differences ``(σ(x + εeᵢ) − σ(x − εeᵢ)) / 2ε`` (6 evaluations), or, when ``sigma_at_x``
+    is given, forward differences ``(σ(x + εeᵢ) − σ(x)) / ε`` (3 evaluations).
+
+    Example:
+        >>> x = torch.tensor([[0.3, 0.0, 0.0]])
+        >>> sphere = lambda p: 1.0 - p.norm(dim=-1)  # density falling outward: normals point along x
+        >>> finite_difference_normals(sphere, x, 1e-3)
+        tensor([[1., 0., 0.]])
+    """
     offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3, 3]
-    points = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1).reshape(-1, 3)
-    sigma = density_fn(points).reshape(-1, 2, 3)
-    grad = (sigma[:, 0] - sigma[:, 1]) / (2 * eps)
+    if sigma_at_x is not None:
+        ahead = density_fn((x[:, None] + offsets).reshape(-1, 3)).reshape(-1, 3)
+        grad = (ahead - sigma_at_x[:, None]) / eps
+    else:
+        points = torch.cat([x[:, None] + offsets, x[:, None] - offsets], dim=1).reshape(-1, 3)
+        sigma = density_fn(points).reshape(-1, 2, 3)
+        grad = (sigma[:, 0] - sigma[:, 1]) / (2 * eps)
     return -F.normalize(grad, dim=-1, eps=1e-12)
 
 
@@ -104,6 +122,8 @@ class ImplicitVolume(nn.Module):
             density = F.softplus(self.density_mlp(feats).squeeze(-1) + self.density_bias(x))
             normal = None
             if with_normals:
-                normal = finite_difference_normals(self.density, x, self.config.finite_difference_eps)
+                forward = self.config.normal_type == "forward_difference"
+                normal = finite_difference_normals(self.density, x, self.config.finite_difference_eps,
+                                                   sigma_at_x=density if forward else None)
         albedo = torch.sigmoid(self.albedo_mlp(feats))
         return FieldOutput(density=density, albedo=albedo, normal=normal)

@@ -12,7 +12,9 @@ normals ``Σ w n`` and the orientation-loss term. Samples are spaced by the offi
   density alone is evaluated without gradients at every surviving sample, and a sample is kept only
   if its opacity ``α_i = 1 − e^{−σ_i δ_i} ≥ 0.01`` and the transmittance in front of it
   ``T_i ≥ 10⁻⁴`` (nerfacc's ``render_visibility_from_density``). Colour, normals and gradients are
-  then computed for the kept samples only: near a converged surface, a few per ray.
+  then computed for the kept samples only: near a converged surface, a few per ray. As in nerfacc,
+  the α threshold in force is ``min(0.01, mean occupancy of the grid)`` (:attr:`VolumeRenderer.alpha_threshold`):
+  0 before the grid's first update, so that a young, faint field is not pruned away.
 * ``dense`` sampler (any device): every ray gets the same number of slots ``[R, S]``; slots outside
   the AABB or in unoccupied grid cells get zero density and are not evaluated. The occupancy grid
   itself (nerfacc's ``OccGridEstimator``: EMA of ``σ·step``, threshold 0.01, update every 16 steps)
@@ -138,6 +140,13 @@ class VolumeRenderer(nn.Module):
         )
         self.grid_ready = True
 
+    @property
+    def alpha_threshold(self) -> float:
+        """The α threshold of the pruning now: nerfacc's ``min(prune_alpha_threshold, mean(occupancy))``."""
+        if self._estimator is None or self.config.prune_alpha_threshold <= 0:
+            return 0.0
+        return min(self.config.prune_alpha_threshold, self._estimator.occs.mean().item())
+
     def occupied(self, points: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [...] bool
         """Whether each point lies in an occupied grid cell (True everywhere before the first update)."""
         if not self.grid_ready:
@@ -210,7 +219,7 @@ class VolumeRenderer(nn.Module):
         # Slots that were not evaluated have zero density: they do not change the transmittance.
         dense_sigma = torch.zeros_like(t_starts).index_put((ray_idx, slot_idx), sigma)
         visible = nerfacc.render_visibility_from_density(
-            t_starts, t_ends, dense_sigma, early_stop_eps=cfg.early_stop_eps, alpha_thre=cfg.prune_alpha_threshold)
+            t_starts, t_ends, dense_sigma, early_stop_eps=cfg.early_stop_eps, alpha_thre=self.alpha_threshold)
         keep = visible[ray_idx, slot_idx]
         return ray_idx[keep], slot_idx[keep]
 
@@ -233,7 +242,7 @@ class VolumeRenderer(nn.Module):
             with torch.no_grad():
                 ray_idx, t_starts, t_ends = estimator.sampling(
                     rays_o, rays_d, render_step_size=cfg.render_step_size, stratified=stratified,
-                    sigma_fn=sigma_fn if cfg.prunes else None, alpha_thre=cfg.prune_alpha_threshold,
+                    sigma_fn=sigma_fn if cfg.prunes else None, alpha_thre=cfg.prune_alpha_threshold,  # nerfacc lowers it as alpha_threshold
                     early_stop_eps=cfg.early_stop_eps,
                 )
         finally:

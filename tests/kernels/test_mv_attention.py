@@ -156,15 +156,15 @@ def test_twin_and_naive_match_loop_oracle(case):
                 torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
-def test_reference_block_changes_view_outputs():
-    tensors, refs, kwargs = _make_inputs((1, 2, 8, 4, 1, 32, "kv"), torch.float32, torch.device("cpu"), seed=3)
+def test_reference_block_changes_view_outputs(device):
+    tensors, refs, kwargs = _make_inputs((1, 2, 8, 4, 1, 32, "kv"), torch.float32, device, seed=3)
     with_ref, _ = mv_attention(*tensors, **refs, **kwargs, backend="triton")
     without, _ = mv_attention(*tensors, **kwargs, backend="triton")
     assert (with_ref - without).abs().max() > 1e-3
 
 
-def test_views_of_different_objects_do_not_mix():
-    (q, k, v), _, kwargs = _make_inputs((2, 2, 8, 0, 1, 32, "none"), torch.float32, torch.device("cpu"), seed=4)
+def test_views_of_different_objects_do_not_mix(device):
+    (q, k, v), _, kwargs = _make_inputs((2, 2, 8, 0, 1, 32, "none"), torch.float32, device, seed=4)
     out, _ = mv_attention(q, k, v, **kwargs, backend="triton")
     k2 = k.clone()
     k2[2:] += 1.0  # perturb object 1 only
@@ -173,8 +173,8 @@ def test_views_of_different_objects_do_not_mix():
     assert not torch.equal(out[2:], out2[2:])
 
 
-def test_unused_reference_output_gets_zero_cotangent():
-    tensors, refs, kwargs = _make_inputs((1, 2, 5, 3, 1, 32, "full"), torch.float32, torch.device("cpu"), seed=5)
+def test_unused_reference_output_gets_zero_cotangent(device):
+    tensors, refs, kwargs = _make_inputs((1, 2, 5, 3, 1, 32, "full"), torch.float32, device, seed=5)
     leaves = [x.requires_grad_() for x in (*tensors, *refs.values())]
     out, _ = mv_attention(*leaves[:3], **dict(zip(refs, leaves[3:])), **kwargs, backend="triton")
     got = torch.autograd.grad(out.sum(), leaves)
@@ -184,8 +184,8 @@ def test_unused_reference_output_gets_zero_cotangent():
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_custom_scale_is_used():
-    tensors, refs, kwargs = _make_inputs((1, 2, 6, 2, 1, 32, "full"), torch.float32, torch.device("cpu"), seed=6)
+def test_custom_scale_is_used(device):
+    tensors, refs, kwargs = _make_inputs((1, 2, 6, 2, 1, 32, "full"), torch.float32, device, seed=6)
     got = mv_attention(*tensors, **refs, **kwargs, scale=0.05, backend="triton")
     want = mv_attention_ref(*tensors, **refs, **kwargs, scale=0.05)
     default = mv_attention_ref(*tensors, **refs, **kwargs)
@@ -213,16 +213,16 @@ def test_explicit_triton_without_interpreter_explains_why(monkeypatch):
         mv_attention(q, k, v, **kwargs, backend="cuda")
 
 
-def test_head_dim_too_large_for_triton_is_refused():
-    q = torch.randn(2, 4, 256)
+def test_head_dim_too_large_for_triton_is_refused(device):
+    q = torch.randn(2, 4, 256, device=device)
     with pytest.raises(BackendUnavailableError, match="head_dim=256"):
         mv_attention(q, q, q, n_views=2, n_heads=1, backend="triton")
     out, _ = mv_attention(q, q, q, n_views=2, n_heads=1)  # auto falls back to the twin
     assert out.shape == q.shape
 
 
-def test_double_backward_is_refused():
-    q = torch.randn(2, 4, 32, dtype=torch.float64).float().requires_grad_()
+def test_double_backward_is_refused(device):
+    q = torch.randn(2, 4, 32, dtype=torch.float64).float().to(device).requires_grad_()
     out, _ = mv_attention(q, q, q, n_views=2, n_heads=1, backend="triton")
     (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):

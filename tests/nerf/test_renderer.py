@@ -102,8 +102,8 @@ def test_occupancy_grid_keeps_the_image():
     assert (skipped.opacity - full.opacity).abs().mean() <= 1e-3
 
 
-def _pruned_reference(field, rays_o, rays_d, cfg: RendererConfig):
-    """fp64 oracle of the pruning rule: slot by slot, keep ``α ≥ α_thre`` and ``T ≥ ε`` (T from all
+def _pruned_reference(field, rays_o, rays_d, cfg: RendererConfig, alpha_thre: float):
+    """fp64 oracle of the pruning rule: slot by slot, keep ``α ≥ alpha_thre`` and ``T ≥ ε`` (T from all
     evaluated slots, as nerfacc), then composite the kept slots alone. Returns (rgb, n_kept)."""
     t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, cfg.radius)
     step, n = cfg.render_step_size, cfg.num_samples_per_ray
@@ -115,7 +115,7 @@ def _pruned_reference(field, rays_o, rays_d, cfg: RendererConfig):
     sigma = out.density.double().reshape(valid.shape) * valid
     alpha = 1 - torch.exp(-sigma * (t1 - t0).clamp(min=0))
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-    keep = valid & (alpha >= cfg.prune_alpha_threshold) & (trans >= cfg.early_stop_eps)
+    keep = valid & (alpha >= alpha_thre) & (trans >= cfg.early_stop_eps)
     alpha_kept = alpha * keep
     w = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha_kept[:, :-1]], 1), 1) * alpha_kept
     albedo = out.albedo.double().reshape(*valid.shape, 3)
@@ -123,23 +123,33 @@ def _pruned_reference(field, rays_o, rays_d, cfg: RendererConfig):
     return rgb, int(keep.sum())
 
 
+@pytest.mark.parametrize("grid_updated", [False, True])
 @pytest.mark.parametrize("field_name", ["blob", "spheres"])
-def test_pruning_follows_the_release_rule(field_name):
-    """α < 0.01 and T < 1e-4 samples are dropped before the full evaluation (threestudio's
-    ``prune_alpha_threshold``): same samples and same image as the oracle; far fewer samples than
-    without pruning on a sharp object, and the image of that object barely changes."""
+def test_pruning_follows_the_release_rule(field_name, grid_updated):
+    """Samples with α below nerfacc's threshold (min(0.01, mean grid occupancy): 0 on a fresh grid) or
+    behind T < 1e-4 are dropped before the full evaluation (threestudio's ``prune_alpha_threshold``):
+    same samples and image as the oracle; far fewer samples than without pruning on a sharp object,
+    and the image of that object barely changes."""
     field = GaussianBlob() if field_name == "blob" else TwoSpheres()
     cfg = RendererConfig(num_samples_per_ray=256)
     rays_o, rays_d = _camera_rays(h=12, w=12)
-    pruned = VolumeRenderer(cfg).eval()(field, rays_o, rays_d, use_grid=False)
-    rgb, n_kept = _pruned_reference(field, rays_o, rays_d, cfg)
+    renderer = VolumeRenderer(cfg).eval()
+    assert renderer.alpha_threshold == 0.0
+    if grid_updated:
+        torch.manual_seed(0)
+        for step in range(4):
+            renderer.update_occupancy(field, step=step, every=1)
+        assert 0.0 < renderer.alpha_threshold <= 0.01
+    pruned = renderer(field, rays_o, rays_d, use_grid=False)
+    rgb, n_kept = _pruned_reference(field, rays_o, rays_d, cfg, renderer.alpha_threshold)
     assert pruned.n_samples == n_kept
     assert (pruned.rgb.double() - rgb).abs().max() <= 1e-5
     full = VolumeRenderer(RendererConfig(num_samples_per_ray=256, prune_alpha_threshold=0, early_stop_eps=0)).eval()(
         field, rays_o, rays_d, use_grid=False)
     assert pruned.n_samples < full.n_samples
-    if field_name == "spheres":  # σ·δ = 0.4 per sample: only T < 1e-4 (hidden) samples go
-        assert pruned.n_samples < 0.5 * full.n_samples
+    if field_name == "spheres":  # σ·δ = 0.4 inside, 0 outside: only empty and hidden (T < 1e-4) samples go
+        if grid_updated:  # empty space (α = 0) goes only once the α threshold is positive
+            assert pruned.n_samples < 0.5 * full.n_samples
         assert (pruned.rgb - full.rgb).abs().max() <= 2e-4
 
 
@@ -172,6 +182,26 @@ def test_gradients_reach_every_parameter_group(shading):
             assert param.grad is None or param.grad.abs().sum() == 0  # textureless ignores albedo
             continue
         assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient reaches the {name}"
+
+
+def test_forward_differences_approach_the_true_gradient_at_first_order():
+    """On σ(x) = exp(−‖x − c‖²) the normal is known; central differences err O(ε²), forward O(ε)."""
+    from iso3d.nerf import finite_difference_normals
+
+    c = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)
+    density = lambda p: torch.exp(-((p - c) ** 2).sum(-1))  # noqa: E731
+    x = torch.rand(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
+    truth = torch.nn.functional.normalize(x - c, dim=-1)  # −∇σ points away from c
+    for eps in (1e-2, 1e-3):
+        central = finite_difference_normals(density, x, eps)
+        forward = finite_difference_normals(density, x, eps, sigma_at_x=density(x))
+        err_c = (central - truth).norm(dim=-1).max().item()
+        err_f = (forward - truth).norm(dim=-1).max().item()
+        assert err_c < 20 * eps**2 and err_f < 20 * eps and err_f > err_c
+    field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="forward_difference", finite_difference_eps=1e-3), seed=0)
+    central_field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, finite_difference_eps=1e-3), seed=0)
+    p = torch.tensor([[0.3, 0.1, 0.0], [0.0, -0.35, 0.2]])
+    assert ((field(p, with_normals=True).normal * central_field(p, with_normals=True).normal).sum(-1) > 0.99).all()
 
 
 def test_analytic_and_finite_difference_normals_agree():
