@@ -1,6 +1,7 @@
 """Training stages run end to end at tiny scale: the loss falls, checkpoints reload, resume is exact, DDP."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -142,6 +143,15 @@ def test_weight_average_is_saved_and_resumes_exactly(dataset, tmp_path):
     train(resumed, cfg, tmp_path / "b", dataset=dataset, progress=False, resume=True)
     for a, b in zip(averaged.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_weight_average_warms_up():
+    """The first updates follow the weights closely (min(d, (1+k)/(10+k))), so the start fades fast."""
+    cfg = TrainConfig(ema_decay=0.998)
+    assert [round(cfg.ema_decay_at(k), 4) for k in (0, 1, 90)] == [0.1, round(2 / 11, 4), round(91 / 100, 4)]
+    assert cfg.ema_decay_at(10**6) == 0.998
+    start_weight = math.prod(cfg.ema_decay_at(k) for k in range(805))
+    assert start_weight < 1e-6  # without warm-up: 0.998**805 ≈ 0.2
 
 
 def test_learning_rate_schedule():
