@@ -57,7 +57,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
-                     resume=args.resume)
+                     resume=args.resume, normals=args.normals)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
@@ -77,13 +77,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
         data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
                                 cache_dir=args.cache_dir)
-        results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed),
+        results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
+                                            guidance_scale=args.guidance),
                            **evaluate_retrieval(model, data)}
         if args.grid:
             grid = Path(args.grid)
             name = Path(bundle).name if Path(bundle).name != "bundle" else Path(bundle).parent.name
             results[bundle]["grid"] = str(sample_grid(model, data, grid.with_name(f"{grid.stem}_{name}{grid.suffix}"),
-                                                      n_objects=args.grid_objects, seed=args.seed))
+                                                      n_objects=args.grid_objects, seed=args.seed,
+                                                      guidance_scale=args.guidance))
     print(json.dumps(results, indent=2))
     return 0
 
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    gen.add_argument("--normals", choices=["central", "forward", "off"], default=None,
+                     help="normals by central or forward differences (forward: faster, half the memory), "
+                          "or none (albedo only); default: the config's (central on GPU, off on CPU)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
@@ -146,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--grid", default=None, help="also save a sample grid per bundle: GRID with the bundle's "
                     "name before the suffix (rows: input, 4 sampled views, 4 true views)")
     ev.add_argument("--grid-objects", type=int, default=6)
+    ev.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the bundle's)")
     ev.add_argument("--device", default="auto")
     e3 = sub.add_parser("eval", help="image to 3D on held-out procedural objects: Chamfer, volume IoU, novel-view "
                                      "PSNR/SSIM, CLIP similarity; Isotropic3D vs reference-view L2 vs stage 1 vs sphere")

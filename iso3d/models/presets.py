@@ -42,4 +42,7 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
         load_size=2 * image_size,
         image_size=image_size,
     )
-    return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size)
+    # Pixel space on white: ancestral sampling from the data's signal at the first step samples far
+    # cleaner than DDIM from N(0, 1) (measured on iso3d-tiny, MODEL_CARD.md).
+    return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size,
+                        sampling_eta=1.0, sampling_init_mean=1.0)

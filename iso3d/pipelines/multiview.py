@@ -65,9 +65,11 @@ class MultiViewPipeline:
         diffusers = require("diffusers", "MultiViewPipeline (DDIM)")
         s = self.model.config.scheduler
         # As the release's SDS guidance builds it (shared/data/isotropic3d_unet_config.json).
+        # Pixel-space bundles clip the x₀ estimate to the image range [−1, 1]; latents are unbounded.
         return diffusers.DDIMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
-                                       beta_end=s.beta_end, beta_schedule=s.beta_schedule, clip_sample=False,
-                                       set_alpha_to_one=False, steps_offset=1, prediction_type=s.prediction_type)
+                                       beta_end=s.beta_end, beta_schedule=s.beta_schedule,
+                                       clip_sample=self.model.vae is None, set_alpha_to_one=False, steps_offset=1,
+                                       prediction_type=s.prediction_type)
 
     def check_inputs(self, num_inference_steps, guidance_scale, azimuths):
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
@@ -88,9 +90,17 @@ class MultiViewPipeline:
         azimuths: Sequence[float] = (0.0, 90.0, 180.0, 270.0),
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        eta: float | None = None,
     ) -> MultiViewOutput:
-        """Sample ``len(azimuths)`` views of the object in ``image`` (path, PIL, array or tensor)."""
+        """Sample ``len(azimuths)`` views of the object in ``image`` (path, PIL, array or tensor).
+
+        ``guidance_scale`` and DDIM's ``eta`` default to the bundle's (``BundleConfig.guidance_scale``,
+        ``sampling_eta``); the first latent follows ``BundleConfig.sampling_init_mean``.
+        """
         guidance_scale = self.model.config.guidance_scale if guidance_scale is None else guidance_scale
+        eta = self.model.config.sampling_eta if eta is None else eta
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         self.check_inputs(num_inference_steps, guidance_scale, azimuths)
         if generator is None:
             generator = torch.Generator().manual_seed(seed if seed is not None else 0)
@@ -102,14 +112,17 @@ class MultiViewPipeline:
         azim = torch.tensor([float(a) for a in azimuths])
         camera = camera_embedding(elev, azim, convention=cfg.camera_convention).to(device, dtype)
         size = cfg.unet.sample_size
-        latents = torch.randn(n_views, cfg.unet.in_channels, size, size, generator=generator).to(device, dtype)
+        noise = torch.randn(n_views, cfg.unet.in_channels, size, size, generator=generator)
         context = torch.cat([token.expand(n_views, -1, -1), torch.zeros_like(token).expand(n_views, -1, -1)])
         scheduler = self.scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
+        a = scheduler.alphas_cumprod[int(scheduler.timesteps[0])]  # the marginal at the first timestep
+        latents = (a.sqrt() * cfg.sampling_init_mean + (1 - a).sqrt() * noise).to(device, dtype)
         for t in tqdm(scheduler.timesteps, desc="views", **self._progress):
             x = torch.cat([latents, latents])
             ts = torch.full((2 * n_views,), int(t), device=device)
             eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views)
             eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # rows: [cond; uncond]
-            latents = scheduler.step(eps, t, latents).prev_sample
+            latents = scheduler.step(eps, t, latents, eta=eta, use_clipped_model_output=scheduler.config.clip_sample,
+                                     generator=generator).prev_sample
         return MultiViewOutput(self.model.decode(latents), elev, azim)

@@ -67,6 +67,32 @@ def test_classifier_free_guidance_arithmetic():
         classifier_free_guidance(c, u[:2], 1.0)
 
 
+@pytest.mark.parametrize("init_mean", [0.0, 1.0])
+def test_sampling_starts_from_the_marginal_and_eta_matters(tiny_folder, init_mean):
+    """The first latent is N(√ᾱ_t·m, 1 − ᾱ_t) at the first timestep; η > 0 adds fresh noise per step."""
+    import dataclasses
+
+    model = MultiViewDiffusion.from_pretrained(tiny_folder)
+    model.config = dataclasses.replace(model.config, sampling_init_mean=init_mean)
+    first = []
+    forward = model.unet.forward
+    model.unet.forward = lambda x, *a, **k: (first.append(x.clone()) if not first else None) or forward(x, *a, **k)
+    pipe = MultiViewPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(4, 32, 32)
+    ancestral = pipe(image, num_inference_steps=3, seed=0, eta=1.0)
+    scheduler = pipe.scheduler()
+    scheduler.set_timesteps(3)
+    a = scheduler.alphas_cumprod[int(scheduler.timesteps[0])]
+    x = first[0]  # [cond; uncond] copies of the first latent: 2 × 4 views × 3 × 32²
+    assert abs(x.mean().item() - a.sqrt().item() * init_mean) < 0.05
+    assert abs(x.std().item() - (1 - a).sqrt().item()) < 0.05
+    deterministic = pipe(image, num_inference_steps=3, seed=0, eta=0.0)
+    assert not torch.equal(ancestral.images, deterministic.images)
+    with pytest.raises(ValueError, match="eta must be in"):
+        pipe(image, eta=1.5)
+
+
 def test_pipeline_rejects_bad_arguments(tiny_folder):
     pipe = MultiViewPipeline.from_pretrained(tiny_folder)
     with pytest.raises(ValueError, match="num_inference_steps"):
