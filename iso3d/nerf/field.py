@@ -61,8 +61,9 @@ def finite_difference_normals(
     Example:
         >>> x = torch.tensor([[0.3, 0.0, 0.0]])
         >>> sphere = lambda p: 1.0 - p.norm(dim=-1)  # density falling outward: normals point along x
-        >>> finite_difference_normals(sphere, x, 1e-3)
-        tensor([[1., 0., 0.]])
+        >>> n = finite_difference_normals(sphere, x, 1e-3)
+        >>> torch.allclose(n, torch.tensor([[1.0, 0.0, 0.0]]))
+        True
     """
     offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3, 3]
     if sigma_at_x is not None:
