@@ -12,7 +12,9 @@
 # SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
 set -u
 TRAIN=${TRAIN:-1}
-TESTS=${TESTS-tests/kernels/test_hash_grid.py tests/nerf tests/kernels/test_mv_attention.py}
+# The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
+# because it shares the GPU with the training phase and slowed it (add it to TESTS when the kernel changes).
+TESTS=${TESTS-tests/kernels/test_hash_grid.py tests/nerf}
 BENCHES=${BENCHES:-mv_attention unet_step sds hash_render}
 TEST_LIMIT=${TEST_LIMIT:-170}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8
