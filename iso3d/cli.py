@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
-    gen.add_argument("--normals", choices=["central", "forward", "off"], default=None,
+    gen.add_argument("--normals", choices=["central", "forward", "analytic", "off"], default=None,
                      help="normals by central or forward differences (forward: faster, half the memory), "
-                          "or none (albedo only); default: the config's (central on GPU, off on CPU)")
+                          "analytic (the release's: from the hash grid's Jacobian, no extra density "
+                          "evaluations), or none (albedo only); default: the config's (central on GPU, off on CPU)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")

@@ -175,6 +175,10 @@ def _versions() -> dict:
     return {"iso3d": iso3d.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+# generate(normals=…) and the CLI's --normals → FieldConfig.normal_type
+_NORMAL_TYPES = {"central": "finite_difference", "forward": "forward_difference", "analytic": "analytic"}
+
+
 def generate(
     image,
     model: MultiViewDiffusion | str | None = None,
@@ -195,10 +199,11 @@ def generate(
     :meth:`GenerateConfig.cpu_tiny` on CPU and :meth:`GenerateConfig.official` on a GPU.
     ``normals`` overrides the config's: ``"central"`` (central differences), ``"forward"`` (forward
     differences: half the density evaluations, 1.55× faster 256² steps on an H200, see
-    benchmarks/RESULTS.md) or ``"off"`` (albedo shading, no orientation loss).
+    benchmarks/RESULTS.md), ``"analytic"`` (the release's choice: exact −∇σ/‖∇σ‖ from the hash
+    grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
     """
-    if normals not in (None, "central", "forward", "off"):
-        raise ValueError(f"normals must be 'central', 'forward', 'off' or None, got {normals!r}")
+    if normals not in _NORMAL_TYPES and normals not in (None, "off"):
+        raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not isinstance(model, MultiViewDiffusion):
         model = MultiViewDiffusion.from_pretrained(model)  # None: the shipped iso3d-tiny
@@ -209,7 +214,7 @@ def generate(
             raise ValueError(f"steps must be >= 1, got {steps}")
         config = dataclasses.replace(config, steps=steps)
     if normals is not None:
-        normal_type = "forward_difference" if normals == "forward" else "finite_difference"
+        normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",
                                      field=dataclasses.replace(config.field, normal_type=normal_type))
     rgba = load_image(image)[None].to(device)

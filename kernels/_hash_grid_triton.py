@@ -137,3 +137,96 @@ def _hash_grid_bwd_kernel(
         tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
         tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
         tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)
+
+
+# Features with their Jacobian ∂y/∂x (analytic normals without a double backward): with the corner
+# weight w = ωx·ωy·ωz (ω = f or 1 − f, sign s = ±1), ∂w/∂f_x = s_x·ωy·ωz etc., and ∂x = scale·∂f.
+# JAC is [P, L·F, 3] (axis last), in the table's dtype like OUT.
+
+
+@triton.jit
+def _hash_grid_jac_fwd_kernel(
+    X, TABLE, OUT, JAC, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    level = tl.program_id(1)
+    offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
+    fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jx = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jy = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jz = tl.zeros([BLOCK, F], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+        acc += (wx * wy * wz)[:, None] * val
+        jx += ((wy * wz) * (1.0 if bx else -1.0))[:, None] * val
+        jy += ((wx * wz) * (1.0 if by else -1.0))[:, None] * val
+        jz += ((wx * wy) * (1.0 if bz else -1.0))[:, None] * val
+    column = level * F + feats[None, :]
+    tl.store(OUT + offs[:, None] * (N_LEVELS * F) + column, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
+    jac_ptr = JAC + (offs[:, None] * (N_LEVELS * F) + column) * 3
+    tl.store(jac_ptr + 0, (jx * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + 1, (jy * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + 2, (jz * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+
+
+@triton.jit
+def _hash_grid_jac_bwd_kernel(
+    X, TABLE, DOUT, DJAC, DTABLE, DX, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr,
+):
+    # dtable[row_c] += w_c·dy + scale·Σ_d ∂w_c/∂f_d·dJ_d;  dx_e = scale·Σ_c (∂w_c/∂f_e·⟨v_c, dy⟩
+    #                  + scale·Σ_{d≠e} ∂²w_c/∂f_d∂f_e·⟨v_c, dJ_d⟩), with ∂²w/∂f_x∂f_y = s_x·s_y·ωz etc.
+    pid = tl.program_id(0)
+    level = tl.program_id(1)
+    offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
+    fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
+    column = level * F + feats[None, :]
+    dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0).to(tl.float32)
+    djac_ptr = DJAC + (offs[:, None] * (N_LEVELS * F) + column) * 3
+    djx = tl.load(djac_ptr + 0, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    djy = tl.load(djac_ptr + 1, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    djz = tl.load(djac_ptr + 2, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    dfx = tl.zeros([BLOCK], dtype=tl.float32)
+    dfy = tl.zeros([BLOCK], dtype=tl.float32)
+    dfz = tl.zeros([BLOCK], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
+        sx = 1.0 if bx else -1.0
+        sy = 1.0 if by else -1.0
+        sz = 1.0 if bz else -1.0
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        ptrs = row[:, None] * F + feats[None, :]
+        if NEED_DTABLE:
+            grad_row = ((wx * wy * wz)[:, None] * dout + (sx * wy * wz)[:, None] * djx
+                        + (sy * wx * wz)[:, None] * djy + (sz * wx * wy)[:, None] * djz)
+            tl.atomic_add(DTABLE + ptrs, grad_row, mask=mask[:, None])
+        if NEED_DX:
+            val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
+            a = tl.sum(val * dout, axis=1)
+            cx = tl.sum(val * djx, axis=1)  # scale already folded into dJ
+            cy = tl.sum(val * djy, axis=1)
+            cz = tl.sum(val * djz, axis=1)
+            dfx += sx * (wy * wz * a + sy * wz * cy + sz * wy * cz)
+            dfy += sy * (wx * wz * a + sx * wz * cx + sz * wx * cz)
+            dfz += sz * (wx * wy * a + sx * wy * cx + sy * wx * cy)
+    if NEED_DX:
+        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)

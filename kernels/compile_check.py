@@ -114,10 +114,10 @@ def _record_mv_attention(dtype: torch.dtype, mode: str) -> list[_Launch]:
 
 def _record_hash_grid(dtype: torch.dtype) -> list[_Launch]:
     from . import _hash_grid_triton as tk
-    from .hash_grid import _HashGridFunction
+    from .hash_grid import _HashGridFunction, _HashGridJacobianFunction
     from .hash_grid_config import HashGridConfig
 
-    names = ["_hash_grid_fwd_kernel", "_hash_grid_bwd_kernel"]
+    names = ["_hash_grid_fwd_kernel", "_hash_grid_bwd_kernel", "_hash_grid_jac_fwd_kernel", "_hash_grid_jac_bwd_kernel"]
     originals = {n: getattr(tk, n) for n in names}
     recorders = {n: _Recorder(k) for n, k in originals.items()}
     config = HashGridConfig(n_levels=4, log2_hashmap_size=12)
@@ -127,6 +127,8 @@ def _record_hash_grid(dtype: torch.dtype) -> list[_Launch]:
         for n, r in recorders.items():
             setattr(tk, n, r)
         _HashGridFunction.apply(x, table, config).float().sum().backward()
+        y, jac = _HashGridJacobianFunction.apply(x, table, config)
+        (y.float().sum() + jac.float().sum()).backward()
     finally:
         for n, kernel in originals.items():
             setattr(tk, n, kernel)

@@ -13,10 +13,11 @@ from torch.autograd.function import once_differentiable
 
 from ._backends import select_backend, triton_device_reasons
 from .hash_grid_config import HashGridConfig
-from .reference import hash_grid_encode_ref
+from .reference import hash_grid_encode_ref, hash_grid_encode_with_jacobian_ref
 from iso3d.utils.imports import probe
 
-__all__ = ["TOLERANCES", "HashGridConfig", "hash_grid_backend_reasons", "hash_grid_encode", "init_hash_grid_params"]
+__all__ = ["TOLERANCES", "HashGridConfig", "hash_grid_backend_reasons", "hash_grid_encode",
+           "hash_grid_encode_with_jacobian", "init_hash_grid_params"]
 
 # Agreement expected between backends, per table dtype. Features are trilinear blends of table rows
 # computed in fp32 (same formula, possibly different fma contraction): a few fp32 ulps; fp16 tables
@@ -78,6 +79,40 @@ class _HashGridFunction(torch.autograd.Function):
         grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_bwd_kernel[grid](
             x, table, dout.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
+            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
+            NEED_DTABLE=need_dtable, NEED_DX=need_dx,
+        )
+        return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+
+
+class _HashGridJacobianFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, config):
+        from . import _hash_grid_triton as tk
+
+        n_out = config.n_output_dims
+        out = torch.empty(x.shape[0], n_out, device=x.device, dtype=table.dtype)
+        jac = torch.empty(x.shape[0], n_out, 3, device=x.device, dtype=table.dtype)
+        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        tk._hash_grid_jac_fwd_kernel[grid](x, table, out, jac, *_level_tables(config, x.device), x.shape[0],
+                                           N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK)
+        ctx.save_for_backward(x, table)
+        ctx.config = config
+        return out, jac
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, djac):
+        from . import _hash_grid_triton as tk
+
+        x, table = ctx.saved_tensors
+        config = ctx.config
+        need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
+        dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x
+        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        tk._hash_grid_jac_bwd_kernel[grid](
+            x, table, dout.contiguous(), djac.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
             N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
             NEED_DTABLE=need_dtable, NEED_DX=need_dx,
         )
@@ -178,3 +213,51 @@ def hash_grid_encode(
     if chosen == "tcnn":
         return _tcnn_encode(x.contiguous(), table.contiguous(), config)
     return _HashGridFunction.apply(x.contiguous(), table.contiguous(), config)
+
+
+def hash_grid_encode_with_jacobian(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params] float32 or float16
+    config: HashGridConfig,
+    *,
+    backend: str = "auto",
+    check_range: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [P, L·F], [P, L·F, 3]
+    """Features of :func:`hash_grid_encode` and their Jacobian ``J = ∂y/∂x`` in one pass.
+
+    Analytic normals need ``∇σ = Jᵀ·∂σ/∂y``, and a loss on normals needs its derivative in the table:
+    through ``hash_grid_encode`` that is a double backward; here ``J`` is an ordinary output whose
+    gradient (like ``y``'s) flows to ``table`` and ``x`` in one first-order backward. Per level, with
+    ``p = s_l·x + ½``, ``f = p − ⌊p⌋`` and corner weights ``w_c = Π_d ω_{c,d}`` (``ω = f`` or ``1 − f``,
+    sign ``σ_{c,d} = ±1``):
+
+    .. math::  J_l(x)_{·,d} = s_l \\sum_c σ_{c,d} \\prod_{e≠d} ω_{c,e}\\; θ_l[h_l(c)].
+
+    Backends: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``torch`` (the twin
+    :func:`~iso3d.kernels.reference.hash_grid_encode_with_jacobian_ref`); tiny-cuda-nn has no such
+    op (its users take the double backward instead).
+
+    Args:
+        x, table, config, check_range: as :func:`hash_grid_encode`.
+        backend: ``"auto"`` (triton → torch on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``y [P, L·F]`` and ``J [P, L·F, 3]`` (``J[p, k, d] = ∂y[p, k]/∂x[p, d]``), in the table's dtype.
+
+    Example:
+        >>> import torch
+        >>> from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode_with_jacobian, init_hash_grid_params
+        >>> cfg = HashGridConfig(n_levels=4, log2_hashmap_size=12)
+        >>> table = init_hash_grid_params(cfg, generator=torch.Generator().manual_seed(0))
+        >>> y, jac = hash_grid_encode_with_jacobian(torch.rand(5, 3), table, cfg)
+        >>> y.shape, jac.shape
+        (torch.Size([5, 8]), torch.Size([5, 8, 3]))
+    """
+    _check_inputs(x, table, config, check_range)
+    reasons = hash_grid_backend_reasons(x, table)
+    reasons["tcnn"] = reasons["tcnn"] + ["tiny-cuda-nn has no features-with-Jacobian op"]
+    order = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]
+    chosen = select_backend("hash_grid_encode_with_jacobian", backend, reasons, order)
+    if chosen == "torch":
+        return hash_grid_encode_with_jacobian_ref(x, table, config)
+    return _HashGridJacobianFunction.apply(x.contiguous(), table.contiguous(), config)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .hash_grid_config import HashGridConfig
 
-__all__ = ["hash_grid_encode_ref", "joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
+__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
 
 
 def _split_heads(x: torch.Tensor, n_objects: int, n_heads: int) -> torch.Tensor:
@@ -111,21 +111,15 @@ def mv_attention_naive(
     )
 
 
-def hash_grid_encode_ref(
-    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
-    table: torch.Tensor,  # [n_params] float32 or float16
-    config: HashGridConfig,
-) -> torch.Tensor:  # [P, L·F]
-    """PyTorch twin of :func:`iso3d.kernels.hash_grid.hash_grid_encode` (tiny-cuda-nn semantics).
+def _hash_grid_corners(x: torch.Tensor, config: HashGridConfig):
+    """Lattice corners of every point at every level, tcnn's arithmetic (shared by the twins).
 
-    Differentiable in ``table`` and in ``x`` (through the interpolation weights; the lattice
-    corner is piecewise constant), so analytic normals work through it. Computes in fp32 and
-    returns the table's dtype. Inputs are assumed valid (the public op validates).
+    Returns ``rows [P, L, 8]`` (flat table rows), ``frac [P, L, 3]`` (differentiable in ``x``:
+    ``d frac / d x = scale``), ``bits [8, 3]`` (corner offsets) and ``scale [L]``.
     """
     from .hash_grid_config import HASH_PRIMES
 
     levels = config.levels
-    n_feat = config.n_features_per_level
     dev = x.device
     scale = torch.tensor([lvl.scale for lvl in levels], device=dev, dtype=torch.float32)
     res = torch.tensor([lvl.resolution for lvl in levels], device=dev, dtype=torch.int64)
@@ -138,19 +132,58 @@ def hash_grid_encode_ref(
     corner0 = torch.floor(pos.detach())
     frac = pos - corner0
     corner0 = corner0.long()
-    table2d = table.view(-1, n_feat).float()
     mask32 = 0xFFFFFFFF
-    rows, weights = [], []
+    bits = torch.tensor([[(corner >> d) & 1 for d in range(3)] for corner in range(8)], device=dev)
+    rows = []
     for corner in range(8):
-        bits = torch.tensor([(corner >> d) & 1 for d in range(3)], device=dev)
-        c = corner0 + bits  # [P, L, 3]
+        c = corner0 + bits[corner]  # [P, L, 3]
         dense = c[..., 0] + c[..., 1] * res + c[..., 2] * res * res
         hashval = c[..., 0] * HASH_PRIMES[0]
         hashval = hashval ^ ((c[..., 1] * HASH_PRIMES[1]) & mask32) ^ ((c[..., 2] * HASH_PRIMES[2]) & mask32)
         rows.append(offset + torch.where(hashed, hashval & mask32, dense) % size)
-        weights.append(torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1))  # [P, L]
+    return torch.stack(rows, -1), frac, bits, scale
+
+
+def hash_grid_encode_ref(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params] float32 or float16
+    config: HashGridConfig,
+) -> torch.Tensor:  # [P, L·F]
+    """PyTorch twin of :func:`iso3d.kernels.hash_grid.hash_grid_encode` (tiny-cuda-nn semantics).
+
+    Differentiable in ``table`` and in ``x`` (through the interpolation weights; the lattice
+    corner is piecewise constant), so analytic normals work through it. Computes in fp32 and
+    returns the table's dtype. Inputs are assumed valid (the public op validates).
+    """
+    rows, frac, bits, _ = _hash_grid_corners(x, config)
+    weights = torch.where(bits.bool(), frac[:, :, None, :], 1 - frac[:, :, None, :]).prod(dim=-1)  # [P, L, 8]
     # One gather for all 8 corners: F.embedding is an index_select whose backward is a single
     # scatter-add into the table (per-corner gathers cost 8 dense table-sized gradients).
-    values = F.embedding(torch.stack(rows, -1), table2d)  # [P, L, 8, F]
-    out = (torch.stack(weights, -1)[..., None] * values).sum(dim=2)  # [P, L, F]
+    values = F.embedding(rows, table.view(-1, config.n_features_per_level).float())  # [P, L, 8, F]
+    out = (weights[..., None] * values).sum(dim=2)  # [P, L, F]
     return out.reshape(x.shape[0], -1).to(table.dtype)
+
+
+def hash_grid_encode_with_jacobian_ref(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params] float32 or float16
+    config: HashGridConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [P, L·F], [P, L·F, 3]
+    """PyTorch twin of :func:`iso3d.kernels.hash_grid.hash_grid_encode_with_jacobian`.
+
+    Features as :func:`hash_grid_encode_ref` and their Jacobian ``∂y/∂x``, by the closed form of
+    trilinear weights: with ``w_c = Π_d ω_d``, ``ω_d = f_d`` or ``1 − f_d`` (sign ``s_d = ±1``),
+    ``∂w_c/∂x_d = scale · s_d · Π_{e≠d} ω_e``. Both outputs are differentiable in ``table`` and
+    ``x`` (autograd through this formula gives the second derivatives a loss on normals needs).
+    """
+    rows, frac, bits, scale = _hash_grid_corners(x, config)
+    omega = torch.where(bits.bool(), frac[:, :, None, :], 1 - frac[:, :, None, :])  # [P, L, 8, 3]
+    sign = bits.to(frac.dtype) * 2 - 1  # [8, 3]
+    ox, oy, oz = omega.unbind(-1)
+    weights = ox * oy * oz  # [P, L, 8]
+    dweights = torch.stack([oy * oz, ox * oz, ox * oy], -1) * sign * scale[:, None, None]  # [P, L, 8, 3]
+    values = F.embedding(rows, table.view(-1, config.n_features_per_level).float())  # [P, L, 8, F]
+    out = (weights[..., None] * values).sum(dim=2)  # [P, L, F]
+    jac = torch.einsum("plcd,plcf->plfd", dweights, values)  # [P, L, F, 3]
+    n = x.shape[0]
+    return out.reshape(n, -1).to(table.dtype), jac.reshape(n, -1, 3).to(table.dtype)

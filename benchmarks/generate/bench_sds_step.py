@@ -6,9 +6,10 @@
   dense sampling of all 512 slots per ray, no pruning.
 * ablations: the optimized path with one part made naive (``naive_attention``, ``torch_hash_grid``,
   ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays;
-  ``forward_normals``: the optimized path with forward- instead of central-difference normals.
-* ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward, VAE encode +
-  its backward, the UNet's CFG forward), to see where the time goes.
+  ``forward_normals`` / ``analytic_normals``: the optimized path with forward-difference or analytic
+  (hash-grid Jacobian) normals instead of central differences.
+* ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
+  kind of normals, VAE encode + its backward, the UNet's CFG forward), to see where the time goes.
 
 On a GPU: the official model at random weights (speed does not depend on values; ~1.6 B parameters
 with the VAE and ViT-H), bf16, the official field and renderer, both SDS stages: 64² renders of
@@ -37,6 +38,7 @@ from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T pruning)
     "optimized": ("auto", "triton", "nerfacc", True),
     "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 evaluations, not 6)
+    "analytic_normals": ("auto", "triton", "nerfacc", True),  # + analytic normals (the grid's Jacobian, no extra evaluations)
     "unpruned": ("auto", "triton", "nerfacc", False),
     "naive_attention": ("naive", "triton", "nerfacc", True),
     "torch_hash_grid": ("auto", "torch", "nerfacc", True),
@@ -44,6 +46,7 @@ PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T prun
     "naive": ("naive", "torch", "dense", False),
 }
 BASELINE = "optimized"  # the naive path does not fit a 141 GB GPU at the official size
+NORMALS = {"forward_normals": "forward_difference", "analytic_normals": "analytic"}  # else the config's
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +71,18 @@ def _config(bench_device, smoke, stage: int) -> GenerateConfig:
     return dataclasses.replace(cfg, milestones=((0, None, 2 if stage == 64 else 1),))
 
 
-def _setup(model, cfg, bench_device, provider, forward_normals=False):
-    """The provider's config, field (the initial blob) and renderer (grid updated 16 times)."""
+def _setup(model, cfg, bench_device, provider, normal_type=None):
+    """The provider's config, field (the initial blob) and renderer (grid updated 16 times).
+
+    ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's."""
     backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
     renderer_cfg = dataclasses.replace(cfg.renderer, sampler=sampler)
     if not prune:
         renderer_cfg = dataclasses.replace(renderer_cfg, prune_alpha_threshold=0.0, early_stop_eps=0.0)
-    forward_normals = forward_normals or provider == "forward_normals"
-    normal_type = "forward_difference" if forward_normals else cfg.field.normal_type
-    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, normal_type=normal_type),
-                              renderer=renderer_cfg)
+    normal_type = normal_type or NORMALS.get(provider)
+    if normal_type is not None:
+        cfg = dataclasses.replace(cfg, normals=True, field=dataclasses.replace(cfg.field, normal_type=normal_type))
+    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid), renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
     torch.manual_seed(0)
@@ -122,7 +127,10 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
 
 
-PHASES = ("step", "render", "render_forward_normals", "vae_encode", "unet_cfg")
+# render phases: the config's normals (central differences on GPU, none in the CPU config), or these
+PHASE_NORMALS = {"render_central_normals": "finite_difference", "render_forward_normals": "forward_difference",
+                 "render_analytic_normals": "analytic"}
+PHASES = ("step", "render", *PHASE_NORMALS, "vae_encode", "unet_cfg")
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -132,7 +140,7 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     # On CPU (tiny model) every part still runs, so this code is checked without a GPU.
     provider = "optimized" if bench_device.type == "cuda" else "naive"  # CPU: the tiny naive path
     cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider,
-                                forward_normals=phase == "render_forward_normals")
+                                normal_type=PHASE_NORMALS.get(phase))
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
     frames = batch * cfg.views.n_views
     gen = torch.Generator().manual_seed(0)
@@ -162,9 +170,9 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     def step():
         sds_step(model, fld, renderer, token, acp, cfg, 0, gen).backward()
 
-    fn = {"step": step, "render": render, "render_forward_normals": render, "vae_encode": vae_encode,
-          "unet_cfg": unet_cfg}[phase]
+    fn = {"step": step, "vae_encode": vae_encode, "unet_cfg": unet_cfg}.get(phase, render)
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     run_bench(fn, group=f"sds step phases {label} {frames} views {size}^2 render", provider=phase, baseline="step",
               work=1, unit="calls/s", extra=dict(model=label, render_size=size, views=frames, phase=phase,
-                                                  samples_per_ray=cfg.renderer.num_samples_per_ray))
+                                                  samples_per_ray=cfg.renderer.num_samples_per_ray,
+                                                  normals=cfg.field.normal_type if cfg.normals else "off"))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iso3d.kernels.hash_grid import HashGridConfig
+from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode_with_jacobian
 
 from .encoding import HashGridEncoding
 
@@ -29,8 +29,9 @@ class FieldConfig:
     blob_density: float = 10.0  # λ of the blob density bias
     blob_radius: float = 0.5  # r of the blob density bias
     # Normals −∇σ/‖∇σ‖: central differences (6 extra density evaluations per point), forward
-    # differences (3 extra, reusing σ(x); error O(ε) instead of O(ε²)), or autograd (PyTorch grids only:
-    # it needs the encoding's double backward).
+    # differences (3 extra, reusing σ(x); error O(ε) instead of O(ε²)), or analytic (the release's
+    # choice: the encoding's Jacobian from the same pass, chained through the MLP in closed form;
+    # with the tcnn backend, autograd's double backward instead).
     normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "finite_difference"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
@@ -45,6 +46,30 @@ class FieldOutput:
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, n_out, bias=False))
+
+
+def _mlp_value_and_input_grad(mlp: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mlp(h) [P], ∂mlp(h)/∂h [P, n_in])`` for a Linear/ReLU stack with one output, in closed form.
+
+    Plain tensor ops (no ``autograd.grad``), so the gradient is itself differentiable in the weights
+    and works under ``torch.no_grad()`` (export renders); ReLU's mask is piecewise constant.
+    """
+    masks = []
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            h = F.linear(h, layer.weight, layer.bias)
+        elif isinstance(layer, nn.ReLU):
+            masks.append(h > 0)
+            h = h * masks[-1]
+        else:
+            raise TypeError(f"_mlp_value_and_input_grad: unsupported layer {type(layer).__name__}")
+    grad = None
+    for layer in reversed(mlp):
+        if isinstance(layer, nn.Linear):
+            grad = layer.weight if grad is None else grad @ layer.weight  # [1, n] first, then [P, n]
+        else:
+            grad = grad * masks.pop()
+    return h.squeeze(-1), grad.expand(h.shape[0], -1)
 
 
 def finite_difference_normals(
@@ -97,9 +122,11 @@ class ImplicitVolume(nn.Module):
             self.density_mlp = _mlp(n_feat, config.hidden_dims, 1)
             self.albedo_mlp = _mlp(n_feat, config.hidden_dims, 3)
 
+    def _unclamped_unit(self, x: torch.Tensor) -> torch.Tensor:  # [−R, R]³ → [0, 1]³ (before the clamp)
+        return (x / self.config.radius) * 0.5 + 0.5
+
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        unit = ((x / self.config.radius) * 0.5 + 0.5).clamp(0.0, 1.0)
-        return self.encoding(unit, check_range=False)
+        return self.encoding(self._unclamped_unit(x).clamp(0.0, 1.0), check_range=False)
 
     def density_bias(self, x: torch.Tensor) -> torch.Tensor:  # [P, 3] -> [P]
         return self.config.blob_density * (1 - x.norm(dim=-1) / self.config.blob_radius)
@@ -108,20 +135,42 @@ class ImplicitVolume(nn.Module):
         raw = self.density_mlp(self._encode(x)).squeeze(-1)
         return F.softplus(raw + self.density_bias(x))
 
+    def _analytic_normals(self, x: torch.Tensor):
+        """σ, features and −∇σ/‖∇σ‖ with ``∇σ = σ'(·)·(Jᵀ·∂raw/∂y·∂u/∂x + ∇bias)`` in closed form."""
+        unscaled = self._unclamped_unit(x)
+        feats, jac = hash_grid_encode_with_jacobian(unscaled.clamp(0.0, 1.0), self.encoding.params,
+                                                    self.encoding.config, backend=self.encoding.backend,
+                                                    check_range=False)
+        raw, draw_dfeats = _mlp_value_and_input_grad(self.density_mlp, feats)
+        inside = ((unscaled >= 0) & (unscaled <= 1)).to(x.dtype)  # clamp's derivative, as autograd takes it
+        grad_raw = torch.einsum("pk,pkd->pd", draw_dfeats.float(), jac.float()) * (inside * (0.5 / self.config.radius))
+        norm = x.norm(dim=-1, keepdim=True)
+        safe_norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # ∇‖x‖ := 0 at 0, as autograd; no 0/0
+        grad_bias = -(self.config.blob_density / self.config.blob_radius) * (x / safe_norm)
+        pre = raw + self.density_bias(x)
+        grad = torch.sigmoid(pre)[:, None] * (grad_raw + grad_bias)  # softplus' = sigmoid
+        return F.softplus(pre), feats, -F.normalize(grad, dim=-1, eps=1e-12)
+
+    def _analytic_normals_autograd(self, x: torch.Tensor):
+        """The same by autograd (``create_graph`` in training): needs the encoding's double backward."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            feats = self._encode(xg)
+            density = F.softplus(self.density_mlp(feats).squeeze(-1) + self.density_bias(xg))
+            (grad,) = torch.autograd.grad(density.sum(), xg, create_graph=self.training)
+        return density, feats, -F.normalize(grad, dim=-1, eps=1e-12)
+
     def forward(self, x: torch.Tensor, *, with_normals: bool = False) -> FieldOutput:
         if x.dim() != 2 or x.shape[-1] != 3:
             raise ValueError(f"ImplicitVolume: x must have shape [P, 3], got {tuple(x.shape)}")
-        if with_normals and self.config.normal_type == "analytic":
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                feats = self._encode(xg)
-                density = F.softplus(self.density_mlp(feats).squeeze(-1) + self.density_bias(xg))
-                (grad,) = torch.autograd.grad(density.sum(), xg, create_graph=self.training)
-            normal = -F.normalize(grad, dim=-1, eps=1e-12)
+        normal = None
+        if with_normals and self.config.normal_type == "analytic" and self.encoding.backend == "tcnn":
+            density, feats, normal = self._analytic_normals_autograd(x)
+        elif with_normals and self.config.normal_type == "analytic":
+            density, feats, normal = self._analytic_normals(x)
         else:
             feats = self._encode(x)
             density = F.softplus(self.density_mlp(feats).squeeze(-1) + self.density_bias(x))
-            normal = None
             if with_normals:
                 forward = self.config.normal_type == "forward_difference"
                 normal = finite_difference_normals(self.density, x, self.config.finite_difference_eps,

@@ -93,7 +93,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="steps must be >= 1"):
         generate(EXAMPLE, model, steps=0)
-    with pytest.raises(ValueError, match="normals must be 'central', 'forward', 'off' or None"):
+    with pytest.raises(ValueError, match=r"normals must be one of \['analytic', 'central', 'forward'\], 'off' or None"):
         generate(EXAMPLE, model, normals="sideways")
     with pytest.raises(ValueError, match="reference_loss_weight must be >= 0"):
         GenerateConfig(reference_loss_weight=-1.0)
@@ -111,14 +111,22 @@ def test_generate_cli(tmp_path):
 
     # No --model: the shipped iso3d-tiny.
     result = subprocess.run([sys.executable, "-m", "iso3d", "generate", EXAMPLE, "-o", str(tmp_path / "out"),
-                             "--steps", "2", "--device", "cpu", "--normals", "forward"],
+                             "--steps", "2", "--device", "cpu", "--normals", "analytic"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
     import json
 
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
-    assert config["normals"] is True and config["field"]["normal_type"] == "forward_difference"
+    assert config["normals"] is True and config["field"]["normal_type"] == "analytic"
+
+
+@pytest.mark.parametrize("normals, normal_type", [("forward", "forward_difference"), ("analytic", "analytic")])
+def test_normals_option_selects_the_field_normals(model, normals, normal_type):
+    # 2 steps: the first is albedo-only (cpu_tiny's schedule), the second shades with these normals.
+    asset = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, normals=normals)
+    assert asset.config.normals is True and asset.field.config.normal_type == normal_type
+    assert all(torch.isfinite(torch.tensor(asset.run["losses"])))
 
 
 def test_official_schedule_milestones():

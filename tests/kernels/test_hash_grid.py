@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from iso3d.kernels import BackendUnavailableError
-from iso3d.kernels.hash_grid import TOLERANCES, HashGridConfig, hash_grid_encode, init_hash_grid_params
+from iso3d.kernels.hash_grid import (TOLERANCES, HashGridConfig, hash_grid_encode, hash_grid_encode_with_jacobian,
+                                     init_hash_grid_params)
 from iso3d.kernels.hash_grid_config import HASH_PRIMES
 
 OFFICIAL = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
@@ -96,6 +97,61 @@ def test_triton_matches_twin(cfg_index, n_points, dtype, device):
     # Input gradient: d(weights)/dx = ±scale·(…), scale up to ~100 here; compare relative to its size.
     dx_twin, dx_tri = grads[0][0].float(), grads[1][0].float()
     assert (dx_tri - dx_twin).abs().max() <= tol["rtol"] * 10 * (1 + dx_twin.abs().max())
+
+
+@pytest.mark.parametrize("cfg_index", range(len(SMALL)))
+def test_twin_jacobian_is_autograds_jacobian(cfg_index):
+    # The closed-form J of the twin against autograd through hash_grid_encode_ref, output by output.
+    cfg = SMALL[cfg_index]
+    gen = torch.Generator().manual_seed(10 + cfg_index)
+    table = torch.rand(cfg.n_params, generator=gen) * 2 - 1
+    x = _points(41, seed=cfg_index).requires_grad_()
+    y, jac = hash_grid_encode_with_jacobian(x, table, cfg, backend="torch")
+    y_plain = hash_grid_encode(x, table, cfg, backend="torch")
+    assert torch.equal(y, y_plain)
+    rows = [torch.autograd.grad(y_plain[:, k].sum(), x, retain_graph=True)[0] for k in range(cfg.n_output_dims)]
+    torch.testing.assert_close(jac, torch.stack(rows, dim=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("cfg_index", range(len(SMALL)))
+@pytest.mark.parametrize("n_points", [1, 97, 300])
+def test_triton_jacobian_matches_twin(cfg_index, n_points, dtype, device):
+    # Outputs and the first-order backward of both outputs (table and x), against autograd through
+    # the twin's closed form; the x-gradient of J exercises the mixed second derivatives ∂²w/∂f_d∂f_e.
+    cfg = SMALL[cfg_index]
+    gen = torch.Generator().manual_seed(100 + n_points + cfg_index)
+    table = (torch.rand(cfg.n_params, generator=gen) * 2 - 1).to(device, dtype)
+    x = _points(n_points, seed=n_points + 1).to(device)
+    outs, grads = [], []
+    for backend in ("torch", "triton"):
+        xs, ts = x.clone().requires_grad_(), table.clone().requires_grad_()
+        y, jac = hash_grid_encode_with_jacobian(xs, ts, cfg, backend=backend)
+        cot = torch.Generator().manual_seed(2)
+        dy = torch.randn(y.shape, generator=cot).to(y)
+        djac = torch.randn(jac.shape, generator=cot).to(jac)
+        outs.append((y, jac))
+        grads.append(torch.autograd.grad([y, jac], [xs, ts], [dy, djac]))
+    tol = TOLERANCES[dtype]
+    (y0, j0), (y1, j1) = outs
+    assert y1.dtype == dtype and j1.dtype == dtype and j1.shape == (x.shape[0], cfg.n_output_dims, 3)
+    torch.testing.assert_close(y1, y0, **tol)
+
+    def close_relative_to_size(got, want):  # J and its gradients scale with the level scale (up to ~100)
+        got, want = got.float(), want.float()
+        assert (got - want).abs().max() <= tol["rtol"] * 10 * (1 + want.abs().max())
+
+    close_relative_to_size(j1, j0)
+    close_relative_to_size(grads[1][1], grads[0][1])  # table
+    close_relative_to_size(grads[1][0], grads[0][0])  # x
+
+
+def test_jacobian_op_refuses_tcnn_with_reason():
+    cfg = SMALL[0]
+    with pytest.raises(BackendUnavailableError, match="no features-with-Jacobian op"):
+        hash_grid_encode_with_jacobian(torch.rand(2, 3), torch.zeros(cfg.n_params), cfg, backend="tcnn")
+    with pytest.raises(ValueError, match=r"x must have shape \[P, 3\]"):
+        hash_grid_encode_with_jacobian(torch.rand(2, 2), torch.zeros(cfg.n_params), cfg)
 
 
 def test_twin_input_gradient_matches_finite_differences():
