@@ -95,7 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .models.bundle import default_bundle_path
 
     methods = tuple(args.methods) if args.methods else tuple(m for m in METHODS if m != "stage1" or args.stage1_model)
-    config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed)
+    config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals)
     results = evaluate_methods(args.model or default_bundle_path(), stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
     header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--normals", choices=["central", "forward", "analytic", "off"], default=None,
                      help="normals by central or forward differences (forward: faster, half the memory), "
                           "analytic (the release's: from the hash grid's Jacobian, no extra density "
-                          "evaluations), or none (albedo only); default: the config's (central on GPU, off on CPU)")
+                          "evaluations), or none (albedo only); default: the config's (analytic on GPU, off on CPU)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--methods", nargs="+", default=None, help="subset of: isotropic3d reference_l2 stage1 sphere")
     e3.add_argument("--objects", type=int, default=4)
     e3.add_argument("--steps", type=int, default=200, help="SDS steps per asset")
+    e3.add_argument("--normals", choices=["central", "forward", "analytic", "off"], default=None,
+                    help="the SDS runs' normals (as iso3d generate --normals); default: the CPU config's (off)")
     e3.add_argument("--seed", type=int, default=0)
     e3.add_argument("--device", default="auto")
     from .training.cli import add_train_parser

@@ -6,8 +6,8 @@
   dense sampling of all 512 slots per ray, no pruning.
 * ablations: the optimized path with one part made naive (``naive_attention``, ``torch_hash_grid``,
   ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays;
-  ``forward_normals`` / ``analytic_normals``: the optimized path with forward-difference or analytic
-  (hash-grid Jacobian) normals instead of central differences.
+  ``central_normals`` / ``forward_normals``: the optimized path with central- or forward-difference
+  normals instead of analytic ones (the hash grid's Jacobian, the default since 2026-11-26).
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
   kind of normals, VAE encode + its backward, the UNet's CFG forward), to see where the time goes.
 
@@ -37,8 +37,8 @@ from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 
 PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T pruning)
     "optimized": ("auto", "triton", "nerfacc", True),
-    "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 evaluations, not 6)
-    "analytic_normals": ("auto", "triton", "nerfacc", True),  # + analytic normals (the grid's Jacobian, no extra evaluations)
+    "central_normals": ("auto", "triton", "nerfacc", True),  # + central-difference normals (6 extra evaluations)
+    "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 extra evaluations)
     "unpruned": ("auto", "triton", "nerfacc", False),
     "naive_attention": ("naive", "triton", "nerfacc", True),
     "torch_hash_grid": ("auto", "torch", "nerfacc", True),
@@ -46,7 +46,7 @@ PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T prun
     "naive": ("naive", "torch", "dense", False),
 }
 BASELINE = "optimized"  # the naive path does not fit a 141 GB GPU at the official size
-NORMALS = {"forward_normals": "forward_difference", "analytic_normals": "analytic"}  # else the config's
+NORMALS = {"central_normals": "finite_difference", "forward_normals": "forward_difference"}  # else the config's
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
 
 
-# render phases: the config's normals (central differences on GPU, none in the CPU config), or these
+# render phases: the config's normals (analytic on GPU, none in the CPU config), or these
 PHASE_NORMALS = {"render_central_normals": "finite_difference", "render_forward_normals": "forward_difference",
                  "render_analytic_normals": "analytic"}
 PHASES = ("step", "render", *PHASE_NORMALS, "vae_encode", "unet_cfg")

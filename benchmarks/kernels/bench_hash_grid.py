@@ -1,5 +1,8 @@
 """Hash encoding side by side: the PyTorch twin vs Triton vs tiny-cuda-nn (when importable).
 
+``test_hash_grid_jacobian``: features with their Jacobian (analytic normals), twin vs Triton, beside
+Triton's plain encoding of the same points (``triton_features_only``: what the Jacobian costs on top).
+
 Config: the official Isotropic3D grid (16 levels × 2 features, 2^19 table, base 16, scale 1.4473).
 Point counts 2^18–2^22 span one SDS step: 4 views × 64² rays × ~16–64 occupied samples per ray.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode, init_hash_grid_params
+from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode, hash_grid_encode_with_jacobian, init_hash_grid_params
 from iso3d.utils.imports import probe
 
 CONFIG = HashGridConfig()  # the official one
@@ -56,4 +59,33 @@ def test_hash_grid(run_bench, bench_device, smoke, n_points, mode, provider):
             torch.autograd.grad(y, table, cotangent)
 
     run_bench(step, group=f"hash_grid official P={n_points} {mode}", provider=provider, baseline="torch",
+              work=n_points, unit="Mpoints/s", extra=dict(n_points=n_points, mode=mode, config=CONFIG.to_tcnn()))
+
+
+@pytest.mark.parametrize("provider", ["torch", "triton", "triton_features_only"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("n_points", POINTS, ids=lambda n: f"2^{n.bit_length() - 1}")
+def test_hash_grid_jacobian(run_bench, bench_device, smoke, n_points, mode, provider):
+    backend = "triton" if provider.startswith("triton") else provider
+    reason = _skip_reason(backend, bench_device, n_points, smoke)
+    if reason:
+        pytest.skip(reason.replace(backend, provider, 1))
+    if smoke:
+        n_points = n_points >> 12
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n_points, 3, generator=gen).to(bench_device)
+    table = init_hash_grid_params(CONFIG, generator=gen, device=bench_device).requires_grad_(mode != "fwd")
+    dy = torch.randn(n_points, CONFIG.n_output_dims, generator=gen).to(bench_device)
+    djac = torch.randn(n_points, CONFIG.n_output_dims, 3, generator=gen).to(bench_device)
+
+    def step():
+        with torch.set_grad_enabled(mode != "fwd"):
+            if provider == "triton_features_only":
+                outs, cots = (hash_grid_encode(x, table, CONFIG, backend=backend, check_range=False),), (dy,)
+            else:
+                outs, cots = hash_grid_encode_with_jacobian(x, table, CONFIG, backend=backend, check_range=False), (dy, djac)
+            if mode != "fwd":
+                torch.autograd.grad(outs, table, cots)
+
+    run_bench(step, group=f"hash_grid+jacobian official P={n_points} {mode}", provider=provider, baseline="torch",
               work=n_points, unit="Mpoints/s", extra=dict(n_points=n_points, mode=mode, config=CONFIG.to_tcnn()))

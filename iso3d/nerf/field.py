@@ -32,7 +32,7 @@ class FieldConfig:
     # differences (3 extra, reusing σ(x); error O(ε) instead of O(ε²)), or analytic (the release's
     # choice: the encoding's Jacobian from the same pass, chained through the MLP in closed form;
     # with the tcnn backend, autograd's double backward instead).
-    normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "finite_difference"
+    normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "analytic"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
 
