@@ -50,6 +50,7 @@ def run_selftest(seed: int = 0) -> list[tuple[str, float, float, bool]]:
         bound = 2 * max(_max_err(p, w) for p, w in zip(lowp, want)) + 1e-5
         rows.append((f"mv_attention fwd+bwd {str(dtype)[6:]} ({seconds:.1f}s)", err, bound, err <= bound))
     rows.append(_hash_grid_check(device, gen))
+    rows.append(_hash_grid_jacobian_check(device, gen))
     return rows
 
 
@@ -71,3 +72,26 @@ def _hash_grid_check(device, gen):
     tol = TOLERANCES[torch.float32]
     bound = tol["atol"] + tol["rtol"] * max(o.abs().max().item() for o in outs[1])
     return (f"hash_grid fwd+bwd float32 ({time.perf_counter() - t0:.1f}s)", err, bound, err <= bound)
+
+
+def _hash_grid_jacobian_check(device, gen):
+    """Features + Jacobian (the analytic normals' op) and its backward to table and points."""
+    from iso3d.kernels.hash_grid import TOLERANCES, HashGridConfig, hash_grid_encode_with_jacobian
+
+    cfg = HashGridConfig(n_levels=6, log2_hashmap_size=12)
+    table = (torch.rand(cfg.n_params, generator=gen) * 2 - 1).to(device)
+    x = torch.rand(500, 3, generator=gen).to(device)
+    dy = torch.randn(500, cfg.n_output_dims, generator=gen).to(device)
+    djac = torch.randn(500, cfg.n_output_dims, 3, generator=gen).to(device)
+    outs = []
+    t0 = time.perf_counter()
+    for backend in ("triton", "torch"):
+        tab, xs = table.clone().requires_grad_(), x.clone().requires_grad_()
+        y, jac = hash_grid_encode_with_jacobian(xs, tab, cfg, backend=backend)
+        grads = torch.autograd.grad([y, jac], [tab, xs], [dy, djac])
+        outs.append([t.detach().cpu() for t in (y, jac, *grads)])
+    # J and its gradients scale with the finest level's scale: bound relative to each tensor's size.
+    rtol = TOLERANCES[torch.float32]["rtol"] * 10
+    errs = [_max_err(a, b) / (1 + b.abs().max().item()) for a, b in zip(*outs)]
+    return (f"hash_grid+jacobian fwd+bwd float32, error relative to size ({time.perf_counter() - t0:.1f}s)",
+            max(errs), rtol, max(errs) <= rtol)

@@ -105,4 +105,4 @@ def test_selftest_command_passes():
     code = "from iso3d.cli import main; raise SystemExit(main(['selftest']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 3
+    assert result.stdout.count("ok ") == 4
