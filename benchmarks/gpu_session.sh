@@ -10,6 +10,9 @@
 #   bash benchmarks/gpu_session.sh          # carry: .whl and the data/cache files training needs
 # Parts can be left out: TRAIN=0, TESTS="paths" (empty: none), BENCHES="names" (see bench calls below);
 # SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
+# First measurement of analytic normals (the field's default since 2026-11-26; never run on a GPU yet):
+#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=240 SDS_K="optimized or central_normals or forward_normals or phases" \
+#     bash benchmarks/gpu_session.sh   # the default TESTS include the Jacobian kernel and closed-form normals tests
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
