@@ -52,6 +52,23 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _launch_backward(ctx, kernel, *grads):
+    """Both Functions' backward: fp32 buffers for the gradients asked for (atomics accumulate in
+    fp32), one launch of ``kernel(x, table, *grads, dtable, dx, …)``, the table gradient cast back."""
+    x, table = ctx.saved_tensors
+    config = ctx.config
+    need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
+    dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x  # unused pointer if not
+    grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+    kernel[grid](
+        x, table, *(g.contiguous() for g in grads), dtable, dx, *_level_tables(config, x.device), x.shape[0],
+        N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
+        NEED_DTABLE=need_dtable, NEED_DX=need_dx,
+    )
+    return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+
+
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, config):
@@ -71,18 +88,7 @@ class _HashGridFunction(torch.autograd.Function):
     def backward(ctx, dout):
         from . import _hash_grid_triton as tk
 
-        x, table = ctx.saved_tensors
-        config = ctx.config
-        need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
-        dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x
-        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
-        tk._hash_grid_bwd_kernel[grid](
-            x, table, dout.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
-            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
-            NEED_DTABLE=need_dtable, NEED_DX=need_dx,
-        )
-        return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+        return _launch_backward(ctx, tk._hash_grid_bwd_kernel, dout)
 
 
 class _HashGridJacobianFunction(torch.autograd.Function):
@@ -105,18 +111,7 @@ class _HashGridJacobianFunction(torch.autograd.Function):
     def backward(ctx, dout, djac):
         from . import _hash_grid_triton as tk
 
-        x, table = ctx.saved_tensors
-        config = ctx.config
-        need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
-        dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x
-        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
-        tk._hash_grid_jac_bwd_kernel[grid](
-            x, table, dout.contiguous(), djac.contiguous(), dtable, dx, *_level_tables(config, x.device), x.shape[0],
-            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
-            NEED_DTABLE=need_dtable, NEED_DX=need_dx,
-        )
-        return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+        return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac)
 
 
 def _tcnn_encode(x, table, config):
