@@ -5,15 +5,17 @@ loaded on first use. Tests run them on the CPU through Triton's interpreter (``T
 """
 
 from ._backends import BackendUnavailableError
-from .hash_grid import HashGridConfig, hash_grid_encode, init_hash_grid_params
+from .hash_grid import HashGridConfig, hash_grid_encode, hash_grid_encode_with_jacobian, init_hash_grid_params
 from .mv_attention import mv_attention
-from .reference import hash_grid_encode_ref, mv_attention_naive, mv_attention_ref
+from .reference import hash_grid_encode_ref, hash_grid_encode_with_jacobian_ref, mv_attention_naive, mv_attention_ref
 
 __all__ = [
     "BackendUnavailableError",
     "HashGridConfig",
     "hash_grid_encode",
     "hash_grid_encode_ref",
+    "hash_grid_encode_with_jacobian",
+    "hash_grid_encode_with_jacobian_ref",
     "init_hash_grid_params",
     "mv_attention",
     "mv_attention_naive",
