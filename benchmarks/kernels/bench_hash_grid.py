@@ -36,6 +36,16 @@ def _skip_reason(provider: str, device: torch.device, n_points: int, smoke: bool
     return None
 
 
+def _inputs(n_points: int, mode: str, device: torch.device, smoke: bool):
+    """Points and the official table (trainable for fwd+bwd); smoke runs use 1/4096 of the points."""
+    if smoke:
+        n_points = n_points >> 12
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n_points, 3, generator=gen).to(device)
+    table = init_hash_grid_params(CONFIG, generator=gen, device=device).requires_grad_(mode != "fwd")
+    return n_points, x, table, gen
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("n_points", POINTS, ids=lambda n: f"2^{n.bit_length() - 1}")
@@ -43,11 +53,7 @@ def test_hash_grid(run_bench, bench_device, smoke, n_points, mode, provider):
     reason = _skip_reason(provider, bench_device, n_points, smoke)
     if reason:
         pytest.skip(reason)
-    if smoke:
-        n_points = n_points >> 12
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n_points, 3, generator=gen).to(bench_device)
-    table = init_hash_grid_params(CONFIG, generator=gen, device=bench_device).requires_grad_(mode != "fwd")
+    n_points, x, table, gen = _inputs(n_points, mode, bench_device, smoke)
     cotangent = torch.randn(n_points, CONFIG.n_output_dims, generator=gen).to(bench_device)
 
     def step():
@@ -70,11 +76,7 @@ def test_hash_grid_jacobian(run_bench, bench_device, smoke, n_points, mode, prov
     reason = _skip_reason(backend, bench_device, n_points, smoke)
     if reason:
         pytest.skip(reason.replace(backend, provider, 1))
-    if smoke:
-        n_points = n_points >> 12
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n_points, 3, generator=gen).to(bench_device)
-    table = init_hash_grid_params(CONFIG, generator=gen, device=bench_device).requires_grad_(mode != "fwd")
+    n_points, x, table, gen = _inputs(n_points, mode, bench_device, smoke)
     dy = torch.randn(n_points, CONFIG.n_output_dims, generator=gen).to(bench_device)
     djac = torch.randn(n_points, CONFIG.n_output_dims, 3, generator=gen).to(bench_device)
 
