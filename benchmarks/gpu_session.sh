@@ -10,14 +10,15 @@
 #   bash benchmarks/gpu_session.sh          # carry: .whl and the data/cache files training needs
 # Parts can be left out: TRAIN=0, TESTS="paths" (empty: none), BENCHES="names" (see bench calls below);
 # SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
-# First measurement of analytic normals (the field's default since 2026-11-26; never run on a GPU yet):
-#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=240 SDS_K="optimized or central_normals or forward_normals or phases" \
-#     bash benchmarks/gpu_session.sh   # the default TESTS include the Jacobian kernel and closed-form normals tests
+# First measurement of analytic normals (the field's default since 2026-11-26) and of the CUDA-graphed
+# UNet forward (GenerateConfig.cuda_graph, off until measured); neither has run on a GPU yet:
+#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=300 SDS_K="optimized or central_normals or forward_normals or cuda_graph or phases" \
+#     bash benchmarks/gpu_session.sh   # the default TESTS include the Jacobian, closed-form normals and real-capture tests
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
 # because it shares the GPU with the training phase and slowed it (add it to TESTS when the kernel changes).
-TESTS=${TESTS-tests/kernels/test_hash_grid.py tests/nerf}
+TESTS=${TESTS-tests/models/test_cuda_graph.py tests/kernels/test_hash_grid.py tests/nerf}
 BENCHES=${BENCHES:-mv_attention unet_step sds hash_render}
 TEST_LIMIT=${TEST_LIMIT:-170}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8

@@ -57,7 +57,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
-                     resume=args.resume, normals=args.normals)
+                     resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="normals by central or forward differences (forward: faster, half the memory), "
                           "analytic (the release's: from the hash grid's Jacobian, no extra density "
                           "evaluations), or none (albedo only); default: the config's (analytic on GPU, off on CPU)")
+    gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                     help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, off)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")

@@ -31,6 +31,7 @@ from iso3d.cameras import SDSViewConfig, camera_embedding, generate_rays, sample
 from iso3d.io import load_image, save_image_grid
 from iso3d.kernels.hash_grid import HashGridConfig
 from iso3d.models.bundle import MultiViewDiffusion
+from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
@@ -53,8 +54,9 @@ class GenerateConfig:
     lr_grid: float = 0.01
     lr_mlp: float = 0.001
     orient_weight: tuple[float, float] = (10.0, 1000.0)  # linear over the first half
-    # Normals cost 6 extra field evaluations per sample (finite differences); without them every
-    # step shades with albedo and the orientation loss is off (GenerateConfig.cpu_tiny).
+    # Normals: FieldConfig.normal_type says how (analytic by default: the hash grid's Jacobian, no
+    # extra field evaluations); without them every step shades with albedo and the orientation loss
+    # is off (GenerateConfig.cpu_tiny).
     normals: bool = True
     mesh_threshold: float = 25.0  # density of the exported surface (the release's); short runs stay softer
     albedo_only_fraction: float = 0.5
@@ -66,6 +68,10 @@ class GenerateConfig:
     # weighs the reference view like one SDS frame.
     reference_loss_weight: float = 0.0
     reference_pose: tuple[float, float, float, float] = (0.0, 0.0, 2.0, 40.0)
+    # On a GPU, replay the UNet's CFG forward from a CUDA graph (iso3d.models.cuda_graph): one launch
+    # instead of ~1000 for a launch-bound pass. Off until its speed-up is measured on a GPU
+    # (benchmarks/generate/bench_sds_step.py, provider "cuda_graph"); ignored on the CPU.
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if self.steps < 1:
@@ -191,6 +197,7 @@ def generate(
     resume: bool = False,
     progress: bool = True,
     normals: str | None = None,
+    cuda_graph: bool | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -201,6 +208,8 @@ def generate(
     differences: half the density evaluations, 1.55× faster 256² steps on an H200, see
     benchmarks/RESULTS.md), ``"analytic"`` (the release's choice: exact −∇σ/‖∇σ‖ from the hash
     grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
+    ``cuda_graph`` overrides ``config.cuda_graph`` (on a GPU, the UNet's forward replayed from a CUDA
+    graph; ignored on the CPU).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
@@ -213,6 +222,8 @@ def generate(
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         config = dataclasses.replace(config, steps=steps)
+    if cuda_graph is not None:
+        config = dataclasses.replace(config, cuda_graph=bool(cuda_graph))
     if normals is not None:
         normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",
@@ -228,6 +239,7 @@ def generate(
         {"params": list(fld.density_mlp.parameters()) + list(fld.albedo_mlp.parameters()), "lr": config.lr_mlp},
     ], betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
     acp = model.config.scheduler.alphas_cumprod(device)
+    unet = CUDAGraphedForward(model.unet) if config.cuda_graph and device.type == "cuda" else model.unet
     out_dir = Path(out) if out is not None else None
     step, losses = 0, []
     if resume:
@@ -260,7 +272,7 @@ def generate(
         while step < config.steps:
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            loss = sds_step(model, fld, renderer, token, acp, config, step, gen)
+            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet)
             if config.reference_loss_weight > 0:
                 loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
             if not math.isfinite(loss.item()):
@@ -286,6 +298,8 @@ def generate(
     run = {"seed": seed, "steps": step, "seconds": time.time() - start, "device": str(device),
            "config": dataclasses.asdict(config), "model": dataclasses.asdict(model.config), "losses": losses,
            "versions": _versions()}
+    if isinstance(unet, CUDAGraphedForward):
+        run["cuda_graph"] = {"replays": unet.replays, "graphs": len(unet.graphs), "disabled": unet.disabled_reason}
     asset = Asset(fld.eval(), renderer.eval(), config, run)
     if out_dir is not None:
         asset.save(out_dir)
@@ -322,13 +336,15 @@ def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[in
 
 
 def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRenderer, token: torch.Tensor,
-             alphas_cumprod: torch.Tensor, config: GenerateConfig, step: int, gen: torch.Generator) -> torch.Tensor:
+             alphas_cumprod: torch.Tensor, config: GenerateConfig, step: int, gen: torch.Generator,
+             *, unet=None) -> torch.Tensor:
     """The loss of one SDS step (forward only; the caller runs backward and the optimizer).
 
     Renders ``batch × n_views`` views at the milestone's size (``[B·V, 3, s, s]``), maps them into the
     UNet's space, noises them at one annealed timestep, runs the UNet on the conditional (``token``,
     ``[1, 1, D]``) and unconditional (zero) batch in one call, and returns the x0-reconstruction
-    loss plus the weighted orientation loss. ``gen`` drives every random choice.
+    loss plus the weighted orientation loss. ``gen`` drives every random choice. ``unet`` replaces
+    ``model.unet`` for the (gradient-free) noise prediction, e.g. a :class:`CUDAGraphedForward` of it.
     """
     device, n_views, acp = alphas_cumprod.device, config.views.n_views, alphas_cumprod
     size, batch = milestone_at(config, step, model.config.image_size)
@@ -359,7 +375,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         x_t = a.sqrt() * z + (1 - a).sqrt() * noise
         cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(device)
         context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
-        eps = model.unet(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
+        eps = (unet or model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
                          torch.cat([cams, cams]), n_views=n_views)
     eps_c, eps_u = eps.float().chunk(2)
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,

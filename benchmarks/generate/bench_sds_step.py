@@ -7,9 +7,12 @@
 * ablations: the optimized path with one part made naive (``naive_attention``, ``torch_hash_grid``,
   ``dense_sampling``, ``unpruned``: no α < 0.01 / T < 1e-4 pruning), to see which part pays;
   ``central_normals`` / ``forward_normals``: the optimized path with central- or forward-difference
-  normals instead of analytic ones (the hash grid's Jacobian, the default since 2026-11-26).
+  normals instead of analytic ones (the hash grid's Jacobian, the default since 2026-11-26);
+  ``cuda_graph``: the optimized path with the UNet's CFG forward replayed from a CUDA graph
+  (``GenerateConfig.cuda_graph``).
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
-  kind of normals, VAE encode + its backward, the UNet's CFG forward), to see where the time goes.
+  kind of normals, VAE encode + its backward, the UNet's CFG forward eagerly and from a CUDA graph),
+  to see where the time goes.
 
 On a GPU: the official model at random weights (speed does not depend on values; ~1.6 B parameters
 with the VAE and ViT-H), bf16, the official field and renderer, both SDS stages: 64² renders of
@@ -32,6 +35,7 @@ pytest.importorskip("open_clip", reason="open_clip not installed (pip install op
 from iso3d.cameras import camera_embedding, generate_rays, sample_sds_views  # noqa: E402
 from iso3d.generation import GenerateConfig, sds_step  # noqa: E402
 from iso3d.models.bundle import BundleConfig, MultiViewDiffusion  # noqa: E402
+from iso3d.models.cuda_graph import CUDAGraphedForward  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 
@@ -39,6 +43,7 @@ PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T prun
     "optimized": ("auto", "triton", "nerfacc", True),
     "central_normals": ("auto", "triton", "nerfacc", True),  # + central-difference normals (6 extra evaluations)
     "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 extra evaluations)
+    "cuda_graph": ("auto", "triton", "nerfacc", True),  # + the UNet's CFG forward replayed from a CUDA graph
     "unpruned": ("auto", "triton", "nerfacc", False),
     "naive_attention": ("naive", "triton", "nerfacc", True),
     "torch_hash_grid": ("auto", "torch", "nerfacc", True),
@@ -106,9 +111,10 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
     token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
     acp = model.config.scheduler.alphas_cumprod(bench_device)
     gen = torch.Generator().manual_seed(0)
+    unet = CUDAGraphedForward(model.unet) if provider == "cuda_graph" else None
 
     def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen)
+        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -121,7 +127,9 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
                   baseline=BASELINE, work=1, unit="steps/s", max_rounds=3 if sampler == "dense" else None,
                   extra=dict(model=label, render_size=size, views=frames, samples_per_ray=cfg.renderer.num_samples_per_ray,
                              hash_levels=cfg.field.encoding.n_levels, attention=backend_attn, hash_grid=backend_grid,
-                             sampler=sampler, pruning=prune))
+                             sampler=sampler, pruning=prune, cuda_graph=unet is not None))
+        if unet is not None and unet.disabled_reason:
+            pytest.fail(f"cuda_graph: the capture failed and the step ran eagerly: {unet.disabled_reason}")
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
@@ -130,7 +138,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
 # render phases: the config's normals (analytic on GPU, none in the CPU config), or these
 PHASE_NORMALS = {"render_central_normals": "finite_difference", "render_forward_normals": "forward_difference",
                  "render_analytic_normals": "analytic"}
-PHASES = ("step", "render", *PHASE_NORMALS, "vae_encode", "unet_cfg")
+PHASES = ("step", "render", *PHASE_NORMALS, "vae_encode", "unet_cfg", "unet_cfg_graphed")
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -161,16 +169,19 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     def vae_encode():
         model.encode_images(image).float().sum().backward()
 
+    # unet_cfg_graphed: a CUDA graph on a GPU; on the CPU the wrapper passes the call through
+    unet = CUDAGraphedForward(model.unet) if phase == "unet_cfg_graphed" else model.unet
+
     @torch.no_grad()
     def unet_cfg():
         context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
-        model.unet(torch.cat([z, z]), torch.full((2 * frames,), 500, device=bench_device), context,
-                   torch.cat([cams, cams]), n_views=cfg.views.n_views)
+        unet(torch.cat([z, z]), torch.full((2 * frames,), 500, device=bench_device), context,
+             torch.cat([cams, cams]), n_views=cfg.views.n_views)
 
     def step():
         sds_step(model, fld, renderer, token, acp, cfg, 0, gen).backward()
 
-    fn = {"step": step, "vae_encode": vae_encode, "unet_cfg": unet_cfg}.get(phase, render)
+    fn = {"step": step, "vae_encode": vae_encode, "unet_cfg": unet_cfg, "unet_cfg_graphed": unet_cfg}.get(phase, render)
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     run_bench(fn, group=f"sds step phases {label} {frames} views {size}^2 render", provider=phase, baseline="step",
               work=1, unit="calls/s", extra=dict(model=label, render_size=size, views=frames, phase=phase,

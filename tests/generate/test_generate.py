@@ -111,7 +111,7 @@ def test_generate_cli(tmp_path):
 
     # No --model: the shipped iso3d-tiny.
     result = subprocess.run([sys.executable, "-m", "iso3d", "generate", EXAMPLE, "-o", str(tmp_path / "out"),
-                             "--steps", "2", "--device", "cpu", "--normals", "analytic"],
+                             "--steps", "2", "--device", "cpu", "--normals", "analytic", "--no-cuda-graph"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
@@ -119,6 +119,7 @@ def test_generate_cli(tmp_path):
 
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["normals"] is True and config["field"]["normal_type"] == "analytic"
+    assert config["cuda_graph"] is False
 
 
 @pytest.mark.parametrize("normals, normal_type", [("forward", "forward_difference"), ("analytic", "analytic")])
@@ -143,6 +144,13 @@ def test_top_level_generate_is_the_function(model):
 
     asset = iso3d.generate(EXAMPLE, model, config=_config(1), seed=0, progress=False)
     assert asset.run["steps"] == 1
+
+
+def test_cuda_graph_option_is_recorded_and_ignored_on_the_cpu(model):
+    asset = generate(EXAMPLE, model, config=_config(1), seed=0, progress=False, cuda_graph=True)
+    assert asset.config.cuda_graph is True and asset.run["config"]["cuda_graph"] is True
+    assert "cuda_graph" not in asset.run  # no graph on the CPU: nothing replayed, nothing to report
+    assert GenerateConfig.official().cuda_graph is False  # off until a GPU measures it
 
 
 def test_batch_of_two_objects_and_resized_renders(model):
