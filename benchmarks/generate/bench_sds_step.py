@@ -10,6 +10,10 @@
   normals instead of analytic ones (the hash grid's Jacobian, the default since 2026-11-26);
   ``cuda_graph``: the optimized path with the UNet's CFG forward replayed from a CUDA graph
   (``GenerateConfig.cuda_graph``).
+* ``test_sds_step_field_state``: the optimized step on the initial blob (what every other case
+  times: a soft ball whose samples are never pruned, so a pessimistic stand-in for a whole run) and on
+  a sharp-surfaced ball like a field a few hundred steps into a run (``FIELD_STATES``), so that a
+  full-run estimate can be bracketed.
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
   kind of normals, VAE encode + its backward, the UNet's CFG forward eagerly and from a CUDA graph),
   to see where the time goes.
@@ -76,8 +80,17 @@ def _config(bench_device, smoke, stage: int) -> GenerateConfig:
     return dataclasses.replace(cfg, milestones=((0, None, 2 if stage == 64 else 1),))
 
 
-def _setup(model, cfg, bench_device, provider, normal_type=None):
-    """The provider's config, field (the initial blob) and renderer (grid updated 16 times).
+# (λ, r) of the density bias softplus(raw + λ(1 − ‖x‖/r)): the release's initial blob, and a ball of
+# about the same extent whose density rises to 25 within 0.06 of its surface and to 200 at its centre,
+# so that transmittance falls below 1e-4 about 0.2 inside it and the samples behind are pruned: with
+# 512 samples per ray, the grid and pruning, 3.5× fewer samples than on the blob (11 vs 39 per ray,
+# one 4-view batch at 32², dense sampler on CPU), while covering more of the image (25% vs 20%).
+FIELD_STATES = {"blob": (10.0, 0.5), "surface": (200.0, 0.5)}
+
+
+def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="blob"):
+    """The provider's config, field (``FIELD_STATES[field_state]``, by default the initial blob) and
+    renderer (grid updated 16 times).
 
     ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's."""
     backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
@@ -87,7 +100,9 @@ def _setup(model, cfg, bench_device, provider, normal_type=None):
     normal_type = normal_type or NORMALS.get(provider)
     if normal_type is not None:
         cfg = dataclasses.replace(cfg, normals=True, field=dataclasses.replace(cfg.field, normal_type=normal_type))
-    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid), renderer=renderer_cfg)
+    blob_density, blob_radius = FIELD_STATES[field_state]
+    cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, blob_density=blob_density,
+                                                             blob_radius=blob_radius), renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
     torch.manual_seed(0)
@@ -133,6 +148,39 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
+
+
+@pytest.mark.parametrize("field_state", list(FIELD_STATES))
+@pytest.mark.parametrize("stage", [64, 256])
+def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, field_state):
+    """The optimized step (the tiny naive one on CPU) on the initial blob vs a sharp surface."""
+    provider = "optimized" if bench_device.type == "cuda" else "naive"
+    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider,
+                                field_state=field_state)
+    optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
+    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
+    acp = model.config.scheduler.alphas_cumprod(bench_device)
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+
+    def step():
+        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    with torch.no_grad():  # how many samples the field is evaluated at (after the grid and pruning)
+        views = sample_sds_views(cfg.views, batch=cfg.milestones[0][2], generator=torch.Generator().manual_seed(0))
+        size = cfg.milestones[0][1] or model.config.image_size
+        rays_o, rays_d = generate_rays(views.c2w.to(bench_device), views.fovy.to(bench_device), size, size)
+        samples.append(renderer.eval()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)).n_samples)
+    frames = cfg.milestones[0][2] * cfg.views.n_views
+    label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
+    run_bench(step, group=f"sds step field state {label} {frames} views {size}^2 render", provider=field_state,
+              baseline="blob", work=1, unit="steps/s", max_rounds=3 if bench_device.type != "cuda" else None,
+              extra=dict(model=label, render_size=size, views=frames, field_state=field_state,
+                         density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
+                         samples_per_ray=cfg.renderer.num_samples_per_ray))
 
 
 # render phases: the config's normals (analytic on GPU, none in the CPU config), or these
