@@ -12,7 +12,7 @@
 # SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
 # First measurement of analytic normals (the field's default since 2026-11-26) and of the CUDA-graphed
 # UNet forward (GenerateConfig.cuda_graph, off until measured); neither has run on a GPU yet:
-#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=300 SDS_K="optimized or central_normals or forward_normals or cuda_graph or phases" \
+#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=360 SDS_K="optimized or central_normals or forward_normals or cuda_graph or field_state or phases" \
 #     bash benchmarks/gpu_session.sh   # the default TESTS include the Jacobian, closed-form normals and real-capture tests
 set -u
 TRAIN=${TRAIN:-1}
