@@ -57,7 +57,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
-                     resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph)
+                     resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
+                     guidance_scale=args.guidance)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
@@ -95,7 +96,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .models.bundle import default_bundle_path
 
     methods = tuple(args.methods) if args.methods else tuple(m for m in METHODS if m != "stage1" or args.stage1_model)
-    config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals)
+    config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals,
+                        guidance_scale=args.guidance)
     results = evaluate_methods(args.model or default_bundle_path(), stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
     header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="normals by central or forward differences (forward: faster, half the memory), "
                           "analytic (the release's: from the hash grid's Jacobian, no extra density "
                           "evaluations), or none (albedo only); default: the config's (analytic on GPU, off on CPU)")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="SDS classifier-free guidance scale (default: the config's, the release's 10)")
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, off)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
@@ -166,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--steps", type=int, default=200, help="SDS steps per asset")
     e3.add_argument("--normals", choices=["central", "forward", "analytic", "off"], default=None,
                     help="the SDS runs' normals (as iso3d generate --normals); default: the CPU config's (off)")
+    e3.add_argument("--guidance", type=float, default=None,
+                    help="the SDS runs' CFG scale (as iso3d generate --guidance); default: the CPU config's")
     e3.add_argument("--seed", type=int, default=0)
     e3.add_argument("--device", default="auto")
     from .training.cli import add_train_parser

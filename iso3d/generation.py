@@ -198,6 +198,7 @@ def generate(
     progress: bool = True,
     normals: str | None = None,
     cuda_graph: bool | None = None,
+    guidance_scale: float | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -209,7 +210,8 @@ def generate(
     benchmarks/RESULTS.md), ``"analytic"`` (the release's choice: exact −∇σ/‖∇σ‖ from the hash
     grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
     ``cuda_graph`` overrides ``config.cuda_graph`` (on a GPU, the UNet's forward replayed from a CUDA
-    graph; ignored on the CPU).
+    graph; ignored on the CPU). ``guidance_scale`` overrides the SDS classifier-free guidance
+    (``config.sds.guidance_scale``, the release's 10).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
@@ -222,6 +224,11 @@ def generate(
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         config = dataclasses.replace(config, steps=steps)
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        config = dataclasses.replace(config, sds=dataclasses.replace(config.sds, guidance_scale=float(guidance_scale)))
     if cuda_graph is not None:
         config = dataclasses.replace(config, cuda_graph=bool(cuda_graph))
     if normals is not None:

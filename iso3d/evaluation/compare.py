@@ -51,6 +51,7 @@ class EvalConfig:
     surface_points: int = 2048
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
+    guidance_scale: float | None = None  # the SDS runs' CFG scale (generate(guidance_scale=…)); None: cpu_tiny's
 
 
 def _subsample(points: torch.Tensor, n: int) -> torch.Tensor:
@@ -175,7 +176,8 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
                     pose = (float(sample.reference_elevation), float(sample.reference_azimuth), settings.distance, settings.fovy)
                     cfg = dataclasses.replace(base, reference_loss_weight=config.reference_loss_weight, reference_pose=pose)
                 asset = generate(image, stage1 if method == "stage1" else model, config=cfg, seed=config.seed + i,
-                                 device=device, progress=progress, normals=config.normals)
+                                 device=device, progress=progress, normals=config.normals,
+                                 guidance_scale=config.guidance_scale)
                 try:
                     candidate = _FieldAsset(asset, config.surface_points)
                 except ValueError as exc:  # nothing above the threshold: no surface to measure

@@ -153,6 +153,15 @@ def test_cuda_graph_option_is_recorded_and_ignored_on_the_cpu(model):
     assert GenerateConfig.official().cuda_graph is False  # off until a GPU measures it
 
 
+def test_guidance_scale_option_reaches_the_sds_loss(model):
+    runs = {g: generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, guidance_scale=g) for g in (1.0, 10.0)}
+    assert runs[1.0].config.sds.guidance_scale == 1.0 and runs[10.0].run["config"]["sds"]["guidance_scale"] == 10.0
+    assert runs[1.0].run["losses"] != runs[10.0].run["losses"]  # the same seed: only the guidance differs
+    for bad in (-1.0, float("nan"), "3", True):
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+            generate(EXAMPLE, model, config=_config(1), progress=False, guidance_scale=bad)
+
+
 def test_batch_of_two_objects_and_resized_renders(model):
     cfg = dataclasses.replace(_config(2), milestones=((0, 24, 2),))
     asset = generate(EXAMPLE, model, config=cfg, seed=3, progress=False)
