@@ -79,14 +79,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
                                 cache_dir=args.cache_dir)
         results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
-                                            guidance_scale=args.guidance),
+                                            guidance_scale=args.guidance, with_reference=args.with_reference),
                            **evaluate_retrieval(model, data)}
         if args.grid:
             grid = Path(args.grid)
             name = Path(bundle).name if Path(bundle).name != "bundle" else Path(bundle).parent.name
             results[bundle]["grid"] = str(sample_grid(model, data, grid.with_name(f"{grid.stem}_{name}{grid.suffix}"),
                                                       n_objects=args.grid_objects, seed=args.seed,
-                                                      guidance_scale=args.guidance))
+                                                      guidance_scale=args.guidance, with_reference=args.with_reference))
     print(json.dumps(results, indent=2))
     return 0
 
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "name before the suffix (rows: input, 4 sampled views, 4 true views)")
     ev.add_argument("--grid-objects", type=int, default=6)
     ev.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the bundle's)")
+    ev.add_argument("--with-reference", action="store_true",
+                    help="diagnostic: also attend to the input view as the clean EMA reference frame at its true "
+                         "pose (how stage 2 was trained; the method's inference uses the CLIP embedding only)")
     ev.add_argument("--device", default="auto")
     e3 = sub.add_parser("eval", help="image to 3D on held-out procedural objects: Chamfer, volume IoU, novel-view "
                                      "PSNR/SSIM, CLIP similarity; Isotropic3D vs reference-view L2 vs stage 1 vs sphere")

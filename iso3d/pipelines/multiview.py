@@ -2,6 +2,11 @@
 
 DDIM sampling with classifier-free guidance against the zero image embedding, cameras at a fixed
 elevation and azimuths 0/90/180/270 in the bundle's camera convention.
+
+The method's inference sees the input only through its CLIP embedding. As a diagnostic for stage-2
+(EMA) bundles, ``reference_pose=(elevation, azimuth)`` also puts the input image, clean (t = 0), as a
+fifth frame into the joint attention at that camera, as EMA fine-tuning does: how much this improves
+the views measures how much the UNet learned to carry the reference's appearance across views.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from iso3d.cameras import camera_embedding
 from iso3d.io import load_image
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.guidance import classifier_free_guidance
+from iso3d.models.unet import ReferenceFrame
 from iso3d.utils.imports import require
 
 __all__ = ["MultiViewOutput", "MultiViewPipeline"]
@@ -91,17 +97,22 @@ class MultiViewPipeline:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         eta: float | None = None,
+        reference_pose: tuple[float, float] | None = None,
     ) -> MultiViewOutput:
         """Sample ``len(azimuths)`` views of the object in ``image`` (path, PIL, array or tensor).
 
         ``guidance_scale`` and DDIM's ``eta`` default to the bundle's (``BundleConfig.guidance_scale``,
         ``sampling_eta``); the first latent follows ``BundleConfig.sampling_init_mean``.
+        ``reference_pose``: ``(elevation, azimuth)`` in degrees of the input view, to also attend to it
+        as the clean EMA reference frame (a diagnostic; see the module docstring). None: CLIP only.
         """
         guidance_scale = self.model.config.guidance_scale if guidance_scale is None else guidance_scale
         eta = self.model.config.sampling_eta if eta is None else eta
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         self.check_inputs(num_inference_steps, guidance_scale, azimuths)
+        if reference_pose is not None and (len(reference_pose) != 2 or not all(isinstance(v, (int, float)) for v in reference_pose)):
+            raise ValueError(f"reference_pose must be (elevation, azimuth) in degrees, got {reference_pose!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         device, dtype, cfg = self.device, self.dtype, self.model.config
@@ -114,6 +125,19 @@ class MultiViewPipeline:
         size = cfg.unet.sample_size
         noise = torch.randn(n_views, cfg.unet.in_channels, size, size, generator=generator)
         context = torch.cat([token.expand(n_views, -1, -1), torch.zeros_like(token).expand(n_views, -1, -1)])
+        reference = None
+        if reference_pose is not None:  # the same clean frame for the conditional and unconditional rows
+            from iso3d.io import composite_on_white
+
+            size = cfg.image_size
+            img = composite_on_white(rgba.float())
+            if img.shape[-2:] != (size, size):
+                img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", antialias=True, align_corners=False)
+            ref = self.model.encode_images(img.to(dtype))
+            ref_cam = camera_embedding(torch.tensor([float(reference_pose[0])]), torch.tensor([float(reference_pose[1])]),
+                                       convention=cfg.camera_convention).to(device, dtype)
+            reference = ReferenceFrame(torch.cat([ref, ref]), torch.cat([ref_cam, ref_cam]),
+                                       torch.zeros(2, dtype=torch.long, device=device))
         scheduler = self.scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
         a = scheduler.alphas_cumprod[int(scheduler.timesteps[0])]  # the marginal at the first timestep
@@ -121,7 +145,7 @@ class MultiViewPipeline:
         for t in tqdm(scheduler.timesteps, desc="views", **self._progress):
             x = torch.cat([latents, latents])
             ts = torch.full((2 * n_views,), int(t), device=device)
-            eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views)
+            eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views, reference=reference)
             eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # rows: [cond; uncond]
             latents = scheduler.step(eps, t, latents, eta=eta, use_clipped_model_output=scheduler.config.clip_sample,
                                      generator=generator).prev_sample

@@ -51,19 +51,24 @@ def silhouette_iou(pred_rgb: torch.Tensor, true_alpha: torch.Tensor, threshold: 
     return inter / union
 
 
-def _sample_views(pipe, sample, num_inference_steps: int, seed: int,
-                  guidance_scale: float | None = None) -> torch.Tensor:  # -> [V, 3, H, W]
-    """4 views sampled at the sample's true cameras from the CLIP embedding of its reference view."""
+def _sample_views(pipe, sample, num_inference_steps: int, seed: int, guidance_scale: float | None = None,
+                  with_reference: bool = False) -> torch.Tensor:  # -> [V, 3, H, W]
+    """4 views sampled at the sample's true cameras from the CLIP embedding of its reference view
+    (and, ``with_reference``, the reference view itself as the clean EMA frame at its true pose)."""
+    pose = (float(sample.reference_elevation), float(sample.reference_azimuth)) if with_reference else None
     out = pipe(sample.reference, num_inference_steps=num_inference_steps, elevation=float(sample.elevation[0]),
-               azimuths=[float(a) for a in sample.azimuth], seed=seed, guidance_scale=guidance_scale)
+               azimuths=[float(a) for a in sample.azimuth], seed=seed, guidance_scale=guidance_scale,
+               reference_pose=pose)
     return out.images.cpu().float()
 
 
 @torch.no_grad()
 def evaluate_views(model: MultiViewDiffusion, dataset: MultiViewDataset, *, n_objects: int | None = None,
-                   num_inference_steps: int = 20, seed: int = 0, guidance_scale: float | None = None) -> dict:
+                   num_inference_steps: int = 20, seed: int = 0, guidance_scale: float | None = None,
+                   with_reference: bool = False) -> dict:
     """Mean PSNR / SSIM / silhouette IoU of sampled views against the ground truth (CFG scale: the
-    bundle's unless ``guidance_scale`` is given)."""
+    bundle's unless ``guidance_scale`` is given; ``with_reference``: the diagnostic of
+    :class:`~iso3d.pipelines.MultiViewPipeline`'s ``reference_pose``)."""
     from iso3d.pipelines import MultiViewPipeline
 
     pipe = MultiViewPipeline(model)
@@ -71,7 +76,7 @@ def evaluate_views(model: MultiViewDiffusion, dataset: MultiViewDataset, *, n_ob
     rows = []
     for i in range(n_objects or len(dataset)):
         s = dataset[i]
-        pred = _sample_views(pipe, s, num_inference_steps, seed + i, guidance_scale)
+        pred = _sample_views(pipe, s, num_inference_steps, seed + i, guidance_scale, with_reference)
         truth = composite_on_white(s.views)
         rows.append(torch.stack([psnr(pred, truth), ssim(pred, truth), silhouette_iou(pred, s.views[:, 3:])], 1))
     m = torch.cat(rows)
@@ -93,7 +98,8 @@ def evaluate_retrieval(model: MultiViewDiffusion, dataset: MultiViewDataset, *, 
 
 @torch.no_grad()
 def sample_grid(model: MultiViewDiffusion, dataset: MultiViewDataset, path, *, n_objects: int = 6,
-                num_inference_steps: int = 50, seed: int = 0, guidance_scale: float | None = None):
+                num_inference_steps: int = 50, seed: int = 0, guidance_scale: float | None = None,
+                with_reference: bool = False):
     """Save a PNG with one row per object: its reference view (the input), 4 sampled views, the 4 true views.
 
     Example:
@@ -112,6 +118,7 @@ def sample_grid(model: MultiViewDiffusion, dataset: MultiViewDataset, path, *, n
     rows = []
     for i in range(min(n_objects, len(dataset))):
         s = dataset[i]
-        rows += [composite_on_white(s.reference[None]), _sample_views(pipe, s, num_inference_steps, seed + i, guidance_scale),
+        rows += [composite_on_white(s.reference[None]),
+                 _sample_views(pipe, s, num_inference_steps, seed + i, guidance_scale, with_reference),
                  composite_on_white(s.views)]
     return save_image_grid(torch.cat(rows), path, columns=1 + 2 * dataset.sampling.n_views)

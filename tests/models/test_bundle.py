@@ -93,6 +93,31 @@ def test_sampling_starts_from_the_marginal_and_eta_matters(tiny_folder, init_mea
         pipe(image, eta=1.5)
 
 
+def test_reference_pose_puts_the_clean_input_into_the_joint_attention(tiny_folder):
+    from iso3d.cameras import camera_embedding
+
+    model = MultiViewDiffusion.from_pretrained(tiny_folder)
+    seen = []
+    forward = model.unet.forward
+    model.unet.forward = lambda *a, **k: seen.append(k.get("reference")) or forward(*a, **k)
+    pipe = MultiViewPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(4, 64, 64)  # RGBA at twice the model's size: composited on white, then resized
+    plain = pipe(image, num_inference_steps=2, seed=0)
+    assert seen == [None, None]
+    with_ref = pipe(image, num_inference_steps=2, seed=0, reference_pose=(20.0, 45.0))
+    ref = seen[-1]
+    assert len(seen) == 4 and ref is not None and ref.mode == "full"
+    expected = torch.nn.functional.interpolate(image[None, :3] * image[None, 3:] + 1 - image[None, 3:], (32, 32),
+                                               mode="bilinear", antialias=True, align_corners=False) * 2 - 1
+    torch.testing.assert_close(ref.sample, expected.expand(2, -1, -1, -1))  # cond and uncond rows alike
+    torch.testing.assert_close(ref.camera, camera_embedding(torch.tensor([20.0]), torch.tensor([45.0])).expand(2, -1))
+    assert ref.timestep.tolist() == [0, 0]
+    assert not torch.equal(plain.images, with_ref.images)
+    with pytest.raises(ValueError, match="reference_pose must be"):
+        pipe(image, num_inference_steps=1, reference_pose=(20.0,))
+
+
 def test_pipeline_rejects_bad_arguments(tiny_folder):
     pipe = MultiViewPipeline.from_pretrained(tiny_folder)
     with pytest.raises(ValueError, match="num_inference_steps"):

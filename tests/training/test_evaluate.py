@@ -39,6 +39,8 @@ def test_evaluation_loops_run():
     model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
     views = evaluate_views(model, data, num_inference_steps=2)
     assert views["objects"] == 2 and all(math.isfinite(views[k]) for k in ("psnr", "ssim", "silhouette_iou"))
+    with_ref = evaluate_views(model, data, num_inference_steps=2, with_reference=True)
+    assert with_ref["objects"] == 2 and with_ref["psnr"] != views["psnr"]  # the reference frame changes the samples
     retrieval = evaluate_retrieval(model, data)
     assert 0.0 <= retrieval["retrieval_accuracy"] <= 1.0 and retrieval["chance"] == 0.5
 
@@ -51,7 +53,7 @@ def test_evaluate_command(tmp_path):
     bundle = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0).save_pretrained(tmp_path / "b")
     result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), "--objects", "2", "--steps", "1",
                              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-                             "--grid", str(tmp_path / "grid.png"), "--grid-objects", "2"],
+                             "--grid", str(tmp_path / "grid.png"), "--grid-objects", "2", "--with-reference"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
