@@ -43,6 +43,7 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
         image_size=image_size,
     )
     # Pixel space on white: ancestral sampling from the data's signal at the first step samples far
-    # cleaner than DDIM from N(0, 1) (measured on iso3d-tiny, MODEL_CARD.md).
+    # cleaner than DDIM from N(0, 1), and CFG 3 beats the release's 10 for both stages (+1.4 / +2.1 dB;
+    # measured on iso3d-tiny, MODEL_CARD.md). The sampler's default only: SDS keeps SDSConfig's CFG.
     return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size,
-                        sampling_eta=1.0, sampling_init_mean=1.0)
+                        sampling_eta=1.0, sampling_init_mean=1.0, guidance_scale=3.0)
