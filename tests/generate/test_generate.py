@@ -60,10 +60,10 @@ def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch)
     straight = generate(EXAMPLE, model, config=_config(6), seed=1, progress=False)
     real_step = g.sds_step
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         if args[6] == 4:  # the step argument: Ctrl-C arrives during step 4
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(g, "sds_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
