@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from iso3d.cameras import camera_embedding
 from iso3d.io import load_image
 from iso3d.models.bundle import MultiViewDiffusion
+from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.models.guidance import classifier_free_guidance
 from iso3d.models.unet import ReferenceFrame
 from iso3d.utils.imports import require
@@ -44,17 +45,24 @@ class MultiViewPipeline:
         >>> out = pipe(torch.rand(3, 64, 64), num_inference_steps=2, seed=0)
         >>> out.images.shape
         torch.Size([4, 3, 32, 32])
+
+    ``cuda_graph=True``: on a GPU, every denoising step's UNet call (without ``reference_pose``) is
+    replayed from one CUDA graph (:class:`~iso3d.models.cuda_graph.CUDAGraphedForward`); ignored on
+    the CPU.
     """
 
-    def __init__(self, model: MultiViewDiffusion):
+    def __init__(self, model: MultiViewDiffusion, *, cuda_graph: bool = False):
         if not isinstance(model, MultiViewDiffusion):
             raise TypeError(f"model must be a MultiViewDiffusion, got {type(model).__name__}")
         self.model = model.eval()
         self._progress = {}
+        self.unet = CUDAGraphedForward(self.model.unet) if cuda_graph else self.model.unet
 
     @classmethod
-    def from_pretrained(cls, path_or_id=None, *, device=None, dtype=None, backend: str = "auto") -> "MultiViewPipeline":
-        return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend))
+    def from_pretrained(cls, path_or_id=None, *, device=None, dtype=None, backend: str = "auto",
+                        cuda_graph: bool = False) -> "MultiViewPipeline":
+        return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend),
+                   cuda_graph=cuda_graph)
 
     def set_progress_bar_config(self, **kwargs) -> None:
         self._progress = kwargs
@@ -145,7 +153,10 @@ class MultiViewPipeline:
         for t in tqdm(scheduler.timesteps, desc="views", **self._progress):
             x = torch.cat([latents, latents])
             ts = torch.full((2 * n_views,), int(t), device=device)
-            eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views, reference=reference)
+            if reference is None:  # a graph replays tensors only; the reference frame runs eagerly
+                eps = self.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views)
+            else:
+                eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views, reference=reference)
             eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # rows: [cond; uncond]
             latents = scheduler.step(eps, t, latents, eta=eta, use_clipped_model_output=scheduler.config.clip_sample,
                                      generator=generator).prev_sample

@@ -135,7 +135,7 @@ def test_views_cli_writes_a_grid(tiny_folder, tmp_path):
     Image.new("RGBA", (48, 48), (255, 0, 0, 255)).save(img)
     out = tmp_path / "grid.png"
     result = subprocess.run([sys.executable, "-m", "iso3d", "views", str(img), "-o", str(out), "--model",
-                             str(tiny_folder), "--steps", "2"], capture_output=True, text=True, timeout=300)
+                             str(tiny_folder), "--steps", "2", "--cuda-graph"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (4 * 32, 32)
 

@@ -145,6 +145,30 @@ def test_sds_step_through_the_graphed_unet_gives_the_same_loss_and_gradient():
     assert len(capture.calls) == 1 and graphed.replays == 3
 
 
+def test_multiview_pipeline_samples_the_same_through_a_graph():
+    pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
+    pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
+    from iso3d.models.bundle import MultiViewDiffusion
+    from iso3d.models.presets import tiny_bundle_config
+    from iso3d.pipelines import MultiViewPipeline
+
+    model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
+    image = torch.rand(4, 16, 16)
+    eager = MultiViewPipeline(model)
+    on_cpu = MultiViewPipeline(model, cuda_graph=True)  # CPU tensors: the wrapper passes the calls through
+    graphed = MultiViewPipeline(model, cuda_graph=True)
+    capture = FakeCapture()
+    graphed.unet = CUDAGraphedForward(model.unet, capture=capture, device_type="cpu")
+    outs = []
+    for pipe in (eager, on_cpu, graphed):
+        pipe.set_progress_bar_config(disable=True)
+        outs.append(pipe(image, num_inference_steps=3, seed=0).images)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert on_cpu.unet.replays == 0 and len(capture.calls) == 1 and graphed.unet.replays == 3
+    with_ref = graphed(image, num_inference_steps=2, seed=0, reference_pose=(10.0, 0.0))  # runs eagerly
+    assert with_ref.images.shape == outs[0].shape and graphed.unet.replays == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a real CUDA graph capture needs a GPU")
 def test_real_capture_of_the_multiview_unet_matches_eager():
     pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
