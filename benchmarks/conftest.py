@@ -177,4 +177,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for r in records:
             ratio = f"{base.median_s / r.median_s:6.2f}x" if base else "   n/a"
             thr = f"{r.throughput:9.3g} {r.unit}" if r.throughput is not None else ""
-            tr.write_line(f"  {r.provider:<14} median {r.median_s * 1e3:10.3f} ms  {ratio}  peak {r.peak_mb:10.1f} MiB  {thr}")
+            note = f"  {r.extra['note']}" if r.extra.get("note") else ""  # a case's own short remark
+            tr.write_line(f"  {r.provider:<14} median {r.median_s * 1e3:10.3f} ms  {ratio}  peak {r.peak_mb:10.1f} MiB  {thr}{note}")

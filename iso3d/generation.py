@@ -230,7 +230,9 @@ def generate(
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         config = dataclasses.replace(config, sds=dataclasses.replace(config.sds, guidance_scale=float(guidance_scale)))
     if cuda_graph is not None:
-        config = dataclasses.replace(config, cuda_graph=bool(cuda_graph))
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be True, False or None, got {cuda_graph!r}")
+        config = dataclasses.replace(config, cuda_graph=cuda_graph)
     if normals is not None:
         normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",
@@ -382,7 +384,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         x_t = a.sqrt() * z + (1 - a).sqrt() * noise
         cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(device)
         context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
-        eps = (unet or model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
+        eps = (unet if unet is not None else model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
                          torch.cat([cams, cams]), n_views=n_views)
     eps_c, eps_u = eps.float().chunk(2)
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,

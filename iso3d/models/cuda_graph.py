@@ -7,13 +7,17 @@ SDS and its input shapes change only at the render-size milestone, so one graph 
 is captured once and replayed every step.
 
 :class:`CUDAGraphedForward` wraps any ``fn(*tensors, **static) -> Tensor``: each new signature
-(tensor shapes, dtypes, devices and the static keyword values) is captured after ``warmup`` eager
-calls on a side stream (which also lets Triton autotune outside the capture); a call then copies its
-tensors into the graph's static inputs, replays, and returns a copy of the static output. Inputs on
-the CPU are passed straight to ``fn``; a capture that fails falls back to ``fn`` with one warning
-(``disabled_reason`` says why), so the option can never make a run fail.
+(tensor shapes, dtypes, device and the static keyword values) is captured after ``warmup`` eager
+calls on a side stream of the inputs' device (which also lets Triton autotune outside the capture);
+a call then copies its tensors into the graph's static inputs, replays, and returns a copy of the
+static output. Inputs on the CPU (or spread over several devices) are passed straight to ``fn``. If
+the capture itself fails (an operation that cannot be captured), the wrapper warns once, records why
+in ``disabled_reason`` and runs ``fn`` eagerly from then on; errors of ``fn`` itself (during the
+warm-up calls or eager calls) are raised as usual.
 
-Example (on a GPU; on the CPU it is a plain call)::
+Each graph keeps its own memory pool (the intermediates of one forward pass) until :meth:`reset`.
+
+Example (with CUDA tensors the second and later calls replay the graph; on the CPU this is a plain call)::
 
     >>> import torch
     >>> from iso3d.models.cuda_graph import CUDAGraphedForward
@@ -31,7 +35,11 @@ from typing import Callable
 
 import torch
 
-__all__ = ["CUDAGraphedForward"]
+__all__ = ["CUDAGraphedForward", "CaptureFailed"]
+
+
+class CaptureFailed(RuntimeError):
+    """Recording the graph failed (not the function's own error): the wrapper falls back to eager calls."""
 
 
 class _Graph:
@@ -42,20 +50,38 @@ class _Graph:
 
 
 def _capture_cuda_graph(fn: Callable, inputs: list[torch.Tensor], kwargs: dict, warmup: int) -> _Graph:
-    """Warm ``fn`` up on a side stream, then capture one call on static copies of ``inputs``."""
-    static = [x.clone() for x in inputs]
-    side = torch.cuda.Stream(device=static[0].device)
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):  # also runs Triton's autotuning, which cannot happen inside a capture
-            fn(*static, **kwargs)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = fn(*static, **kwargs)
+    """Warm ``fn`` up on a side stream, then capture one call on static copies of ``inputs``.
+
+    Everything runs under the inputs' device (``torch.cuda.current_stream()`` and the capture stream
+    are per device), so inputs on ``cuda:1`` are captured there even when ``cuda:0`` is current.
+    """
+    device = inputs[0].device
+    with torch.cuda.device(device):
+        static = [x.clone() for x in inputs]
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):  # also runs Triton's autotuning, which cannot happen inside a capture
+                fn(*static, **kwargs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=side):
+                output = fn(*static, **kwargs)
+        except Exception as exc:  # noqa: BLE001 — the same call just ran eagerly: the capture is what failed
+            raise CaptureFailed(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"the captured function must return one tensor, got {type(output).__name__}")
-    return _Graph(static, output, graph.replay)
+        raise TypeError(f"CUDAGraphedForward: the function must return one tensor, got {type(output).__name__}")
+
+    def replay():
+        with torch.cuda.device(device):
+            graph.replay()
+
+    return _Graph(static, output, replay)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class CUDAGraphedForward:
@@ -66,13 +92,17 @@ class CUDAGraphedForward:
             (unchanging) parameters, and do nothing that synchronizes with the host.
         warmup: eager calls before each capture.
         max_graphs: signatures kept; a further new signature runs eagerly (with one warning).
-        capture: how one signature is captured (``_capture_cuda_graph``); with ``device_type``, tests
-            replace it to check the cache on machines without a GPU.
+        capture: how one signature is captured (``_capture_cuda_graph``; it raises
+            :class:`CaptureFailed` when recording fails); with ``device_type``, tests replace it to
+            check the cache on machines without a GPU.
         device_type: the device whose inputs are captured; inputs elsewhere go straight to ``fn``.
 
-    Calls run under ``torch.no_grad()``; an input that requires grad is refused, since no
-    gradient could flow through a replay. Weights changed in place are seen by later replays;
-    modules or processors *replaced* after a capture are not: call :meth:`reset`.
+    Calls run under ``torch.no_grad()``; an input that requires grad is refused, since no gradient
+    could flow through a replay. Keyword arguments are part of the signature and are baked into the
+    graph: they must be hashable non-tensors (pass tensors positionally). Weights changed in place
+    are seen by later replays; weights whose storage is *replaced* after a capture (``.to()``,
+    ``.half()``, a device move, ``load_state_dict`` with ``assign=True``) or replaced modules and
+    processors are not: call :meth:`reset`.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], *, warmup: int = 2, max_graphs: int = 4,
@@ -80,10 +110,10 @@ class CUDAGraphedForward:
                  device_type: str = "cuda"):
         if not callable(fn):
             raise TypeError(f"CUDAGraphedForward: fn must be callable, got {type(fn).__name__}")
-        if warmup < 1:
-            raise ValueError(f"CUDAGraphedForward: warmup must be >= 1 (the capture needs warmed kernels), got {warmup}")
-        if max_graphs < 1:
-            raise ValueError(f"CUDAGraphedForward: max_graphs must be >= 1, got {max_graphs}")
+        if not _is_int(warmup) or warmup < 1:
+            raise ValueError(f"CUDAGraphedForward: warmup must be an int >= 1 (the capture needs warmed kernels), got {warmup!r}")
+        if not _is_int(max_graphs) or max_graphs < 1:
+            raise ValueError(f"CUDAGraphedForward: max_graphs must be an int >= 1, got {max_graphs!r}")
         self.fn, self.warmup, self.max_graphs, self._capture = fn, warmup, max_graphs, capture
         self.device_type = device_type
         self.graphs: dict[tuple, _Graph] = {}
@@ -92,8 +122,22 @@ class CUDAGraphedForward:
         self._warned_full = False
 
     def reset(self) -> None:
-        """Forget every captured graph (their memory is freed once nothing else holds it)."""
+        """Forget every captured graph (their memory is freed once nothing else holds it) and any
+        earlier capture failure, so the next call captures again."""
         self.graphs.clear()
+        self.disabled_reason, self._warned_full = None, False
+
+    def _signature(self, tensors: tuple, static: dict) -> tuple:
+        for name, value in static.items():
+            if isinstance(value, torch.Tensor):
+                raise TypeError(f"CUDAGraphedForward: keyword argument {name!r} is a tensor; a graph would bake it in "
+                                "as a constant (pass tensors positionally)")
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(f"CUDAGraphedForward: keyword argument {name!r} must be hashable (it is part of the "
+                                f"graph's signature), got {type(value).__name__}") from None
+        return (tuple((tuple(x.shape), x.dtype, x.device) for x in tensors), tuple(sorted(static.items())))
 
     @torch.no_grad()
     def __call__(self, *tensors: torch.Tensor, **static) -> torch.Tensor:
@@ -104,9 +148,10 @@ class CUDAGraphedForward:
             if x.requires_grad:
                 raise ValueError(f"CUDAGraphedForward: positional argument {i} requires grad; a graph replay is "
                                  "inference only (detach it, or call the function directly)")
-        if not tensors or self.disabled_reason is not None or any(x.device.type != self.device_type for x in tensors):
+        key = self._signature(tensors, static)
+        if (not tensors or self.disabled_reason is not None or tensors[0].device.type != self.device_type
+                or any(x.device != tensors[0].device for x in tensors)):
             return self.fn(*tensors, **static)
-        key = (tuple((tuple(x.shape), x.dtype, x.device) for x in tensors), tuple(sorted(static.items())))
         graph = self.graphs.get(key)
         if graph is None:
             if len(self.graphs) >= self.max_graphs:
@@ -117,8 +162,8 @@ class CUDAGraphedForward:
                 return self.fn(*tensors, **static)
             try:
                 graph = self._capture(self.fn, list(tensors), static, self.warmup)
-            except Exception as exc:  # noqa: BLE001 — any failure means: run eagerly, never fail the run
-                self.disabled_reason = f"{type(exc).__name__}: {exc}"
+            except CaptureFailed as exc:
+                self.disabled_reason = str(exc)
                 warnings.warn(f"CUDAGraphedForward: capture failed ({self.disabled_reason}); running eagerly",
                               stacklevel=2)
                 return self.fn(*tensors, **static)

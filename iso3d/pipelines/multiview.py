@@ -11,6 +11,7 @@ the views measures how much the UNet learned to carry the reference's appearance
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -119,8 +120,10 @@ class MultiViewPipeline:
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         self.check_inputs(num_inference_steps, guidance_scale, azimuths)
-        if reference_pose is not None and (len(reference_pose) != 2 or not all(isinstance(v, (int, float)) for v in reference_pose)):
-            raise ValueError(f"reference_pose must be (elevation, azimuth) in degrees, got {reference_pose!r}")
+        if reference_pose is not None and not (
+                isinstance(reference_pose, (tuple, list)) and len(reference_pose) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in reference_pose)):
+            raise ValueError(f"reference_pose must be (elevation, azimuth), two finite numbers of degrees, got {reference_pose!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         device, dtype, cfg = self.device, self.dtype, self.model.config

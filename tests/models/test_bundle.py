@@ -114,8 +114,9 @@ def test_reference_pose_puts_the_clean_input_into_the_joint_attention(tiny_folde
     torch.testing.assert_close(ref.camera, camera_embedding(torch.tensor([20.0]), torch.tensor([45.0])).expand(2, -1))
     assert ref.timestep.tolist() == [0, 0]
     assert not torch.equal(plain.images, with_ref.images)
-    with pytest.raises(ValueError, match="reference_pose must be"):
-        pipe(image, num_inference_steps=1, reference_pose=(20.0,))
+    for bad in ((20.0,), 20.0, (20.0, float("nan")), (True, 0.0)):
+        with pytest.raises(ValueError, match="reference_pose must be"):
+            pipe(image, num_inference_steps=1, reference_pose=bad)
 
 
 def test_pipeline_rejects_bad_arguments(tiny_folder):

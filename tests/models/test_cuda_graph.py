@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from iso3d.models.cuda_graph import CUDAGraphedForward, _Graph
+from iso3d.models.cuda_graph import CaptureFailed, CUDAGraphedForward, _Graph
 
 
 class FakeCapture:
@@ -21,9 +21,11 @@ class FakeCapture:
 
     def __call__(self, fn, inputs, kwargs, warmup):
         self.calls.append((tuple(tuple(x.shape) for x in inputs), tuple(sorted(kwargs.items())), warmup))
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
         static = [x.clone() for x in inputs]
+        for _ in range(warmup):  # as the real capture: the function's own errors surface here
+            fn(*static, **kwargs)
+        if self.fail:
+            raise CaptureFailed("RuntimeError: operation not permitted when stream is capturing")
         output = fn(*static, **kwargs)
 
         def replay():
@@ -79,6 +81,26 @@ def test_a_failed_capture_runs_eagerly_from_then_on():
         warnings.simplefilter("error")  # no second warning, no second try
         torch.testing.assert_close(graphed(2 * x, w), _affine(2 * x, w), rtol=0, atol=0)
     assert len(capture.calls) == 1 and graphed.replays == 0
+    capture.fail = False
+    graphed.reset()  # forgets the failure: the next call captures again
+    torch.testing.assert_close(graphed(x, w), _affine(x, w), rtol=0, atol=0)
+    assert graphed.disabled_reason is None and len(capture.calls) == 2 and graphed.replays == 1
+
+
+def test_the_functions_own_errors_are_raised_and_do_not_disable_graphs():
+    def picky(x):
+        if x.shape[0] % 4:
+            raise ValueError("batch of frames is not a multiple of n_views=4")
+        return x * 2
+
+    capture = FakeCapture()
+    graphed = CUDAGraphedForward(picky, capture=capture, device_type="cpu")
+    with pytest.raises(ValueError, match="not a multiple of n_views"):
+        graphed(torch.randn(3, 2))  # fails in the warm-up: the caller's mistake, not the capture's
+    assert graphed.disabled_reason is None and graphed.graphs == {}
+    x = torch.randn(8, 2)
+    torch.testing.assert_close(graphed(x), 2 * x, rtol=0, atol=0)
+    assert graphed.replays == 1
 
 
 def test_beyond_max_graphs_new_signatures_run_eagerly_with_one_warning():
@@ -107,10 +129,15 @@ def test_other_devices_pass_through_and_bad_arguments_are_refused():
         graphed(x.detach(), 2.0)
     with pytest.raises(TypeError, match="fn must be callable"):
         CUDAGraphedForward(3)
-    with pytest.raises(ValueError, match="warmup must be >= 1"):
-        CUDAGraphedForward(_affine, warmup=0)
-    with pytest.raises(ValueError, match="max_graphs must be >= 1"):
-        CUDAGraphedForward(_affine, max_graphs=0)
+    with pytest.raises(TypeError, match="keyword argument 'scale' is a tensor"):
+        graphed(x.detach(), w, scale=torch.tensor(2.0))
+    with pytest.raises(TypeError, match="keyword argument 'scale' must be hashable"):
+        graphed(x.detach(), w, scale=[2.0])
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="warmup must be an int >= 1"):
+            CUDAGraphedForward(_affine, warmup=bad)
+        with pytest.raises(ValueError, match="max_graphs must be an int >= 1"):
+            CUDAGraphedForward(_affine, max_graphs=bad)
 
 
 def test_sds_step_through_the_graphed_unet_gives_the_same_loss_and_gradient():
@@ -188,3 +215,14 @@ def test_real_capture_of_the_multiview_unet_matches_eager():
             eager = unet(x, t, ctx, cam, n_views=4)
         torch.testing.assert_close(graphed(x, t, ctx, cam, n_views=4), eager, rtol=1e-5, atol=1e-5)
     assert graphed.disabled_reason is None and len(graphed.graphs) == 2 and graphed.replays == 4
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_real_capture_on_a_device_that_is_not_the_current_one():
+    lin = torch.nn.Linear(8, 8).to("cuda:1").eval()
+    graphed = CUDAGraphedForward(lin)
+    with torch.cuda.device(0):
+        for _ in range(3):
+            x = torch.randn(5, 8, device="cuda:1")
+            torch.testing.assert_close(graphed(x), lin(x).detach(), rtol=1e-6, atol=1e-6)
+    assert graphed.disabled_reason is None and graphed.replays == 3
