@@ -116,6 +116,22 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     return cfg, fld, renderer
 
 
+def _training_step(model, cfg, fld, renderer, bench_device, unet=None):
+    """One whole SDS step as a run takes it: loss (step 0's schedule), backward, AdamW update."""
+    optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
+    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
+    acp = model.config.scheduler.alphas_cumprod(bench_device)
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    return step
+
+
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("stage", [64, 256])
 def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
@@ -124,17 +140,8 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider}: Triton runs only in its interpreter on CPU and nerfacc's sampler needs CUDA")
     backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
     cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider)
-    optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
-    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
-    acp = model.config.scheduler.alphas_cumprod(bench_device)
-    gen = torch.Generator().manual_seed(0)
     unet = CUDAGraphedForward(model.unet) if provider == "cuda_graph" else None
-
-    def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+    step = _training_step(model, cfg, fld, renderer, bench_device, unet)
 
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
     frames = batch * cfg.views.n_views
@@ -164,18 +171,8 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
         cfg = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, num_samples_per_ray=512))
     cfg, fld, renderer = _setup(model, cfg, bench_device, "optimized" if on_gpu else "naive", field_state=field_state,
                                 prune=True, build_grid=True)
-    optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
-    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
-    acp = model.config.scheduler.alphas_cumprod(bench_device)
-    gen = torch.Generator().manual_seed(0)
+    step = _training_step(model, cfg, fld, renderer, bench_device)
     samples = []
-
-    def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-
     with torch.no_grad():  # how many samples the field is evaluated at (after the grid and pruning)
         views = sample_sds_views(cfg.views, batch=cfg.milestones[0][2], generator=torch.Generator().manual_seed(0))
         size = cfg.milestones[0][1] or model.config.image_size
@@ -247,7 +244,6 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
     run_bench(fn, group=f"sds step phases {label} {frames} views {size}^2 render", provider=phase, baseline="step",
               work=1, unit="calls/s", extra=dict(model=label, render_size=size, views=frames, phase=phase,
                                                   samples_per_ray=cfg.renderer.num_samples_per_ray,
-                                                  normals=cfg.field.normal_type if cfg.normals else "off",
-                                                  cuda_graph_replays=graphed.replays if graphed else None))
+                                                  normals=cfg.field.normal_type if cfg.normals else "off"))
     if graphed is not None and bench_device.type == "cuda" and (graphed.disabled_reason or not graphed.replays):
         pytest.fail(f"unet_cfg_graphed timed eager calls: {graphed.disabled_reason or 'no replay'}")

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iso3d.cameras import camera_embedding
-from iso3d.io import load_image
+from iso3d.io import composite_on_white, load_image
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.models.guidance import classifier_free_guidance
@@ -138,12 +138,10 @@ class MultiViewPipeline:
         context = torch.cat([token.expand(n_views, -1, -1), torch.zeros_like(token).expand(n_views, -1, -1)])
         reference = None
         if reference_pose is not None:  # the same clean frame for the conditional and unconditional rows
-            from iso3d.io import composite_on_white
-
-            size = cfg.image_size
             img = composite_on_white(rgba.float())
-            if img.shape[-2:] != (size, size):
-                img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", antialias=True, align_corners=False)
+            if img.shape[-2:] != (cfg.image_size, cfg.image_size):
+                img = torch.nn.functional.interpolate(img, (cfg.image_size, cfg.image_size), mode="bilinear",
+                                                      antialias=True, align_corners=False)
             ref = self.model.encode_images(img.to(dtype))
             ref_cam = camera_embedding(torch.tensor([float(reference_pose[0])]), torch.tensor([float(reference_pose[1])]),
                                        convention=cfg.camera_convention).to(device, dtype)
