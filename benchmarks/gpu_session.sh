@@ -67,15 +67,18 @@ BATCH=${BATCH:-256} TRAIN_SIZE=${TRAIN_SIZE:-16384} EMA=${EMA:-0.998}
 ENC_STEPS=${ENC_STEPS:-1500} ENC_LIMIT=${ENC_LIMIT:-40}
 S1_STEPS=${S1_STEPS:-2000} S1_LR=${S1_LR:-1e-3} S1_LIMIT=${S1_LIMIT:-250}
 S2_STEPS=${S2_STEPS:-800} S2_LR=${S2_LR:-3e-4} S2_LIMIT=${S2_LIMIT:-120} REF_DROP=${REF_DROP:-0.5}
-common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN"
-s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --ema-decay $EMA --time-limit $S2_LIMIT $common"
+# MP: autocast precision (bf16 sends the attention to flash SDPA). The cosine ends at the steps or the
+# time limit, whichever comes first (--cosine-to-time-limit), so a time-boxed stage always anneals.
+MP=${MP:-bf16} REFDROP=${REFDROP:-1}
+common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP"
+s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
   timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT $common || exit 1
   timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
-    --warmup-steps 100 --lr-schedule cosine --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
+    --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $R/stage1/bundle $s2 > "$LOGS/train_stage2.log" 2>&1 &
-  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $R/stage1/bundle --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
+  [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $R/stage1/bundle --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage1 --out $C --init $R/stage1/bundle $s2 > "$LOGS/train_control.log" 2>&1 &
   wait
 ) > "$LOGS/train.log" 2>&1
@@ -100,6 +103,7 @@ bench() {  # name timeout pytest-args...
   timeout "$limit" python3 -m pytest "$@" -q -p no:cacheprovider --benchmark-only --bench-rounds 5 \
     --benchmark-json "$LOGS/bench_$name.json" > "$LOGS/bench_$name.log" 2>&1
   say "bench $name rc=$?"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" .  # after each: a call cut off later keeps this one
 }
 for b in $BENCHES; do
   case $b in

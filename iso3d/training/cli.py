@@ -34,6 +34,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (diffusion stages)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="after warm-up: constant, or a cosine decay to 0 at --steps")
+    p.add_argument("--cosine-to-time-limit", action="store_true",
+                   help="with --lr-schedule cosine and --time-limit: the decay also ends at the time limit, "
+                        "whichever comes first (the schedule then depends on wall time)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
@@ -69,14 +72,15 @@ def run_train(args: argparse.Namespace, device) -> int:
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
                        time_limit=args.time_limit, ema_decay=args.ema_decay,
                        reference_dropout=args.reference_dropout, warmup_steps=args.warmup_steps,
-                       lr_schedule=args.lr_schedule)
+                       lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
         encoder = stage == "encoder"  # the encoder keeps a constant rate (its own --encoder-lr)
         cfg = dataclasses.replace(base, stage=stage, steps=args.encoder_steps if encoder else args.steps,
                                   lr=args.encoder_lr if encoder else args.lr,
                                   warmup_steps=0 if encoder else base.warmup_steps,
-                                  lr_schedule="constant" if encoder else base.lr_schedule)
+                                  lr_schedule="constant" if encoder else base.lr_schedule,
+                                  cosine_to_time_limit=base.cosine_to_time_limit and not encoder)
         result = train(model, cfg, out / stage, resume=args.resume, device=device)
         bundle = model.save_pretrained(out / stage / "bundle")
         (out / stage / "result.json").write_text(json.dumps({**result, "config": dataclasses.asdict(cfg)}, indent=2))

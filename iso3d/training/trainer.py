@@ -64,6 +64,10 @@ class TrainConfig:
     # Learning rate: linear warm-up over `warmup_steps`, then constant or a cosine decay to 0 at `steps`.
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Cosine only: also count progress as elapsed / time_limit and take the further of the two, so a
+    # time-boxed run (a GPU lease) ends its decay at the limit whatever its speed. The schedule then
+    # depends on wall time: such a run does not resume or repeat step for step.
+    cosine_to_time_limit: bool = False
     checkpoint_every: int = 200
     sample_every: int = 0  # 0: never
     log_every: int = 10
@@ -94,16 +98,25 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"TrainConfig: warmup_steps must be >= 0 and lr_schedule 'constant' or 'cosine', "
                              f"got {self.warmup_steps} and {self.lr_schedule!r}")
+        if self.cosine_to_time_limit and (self.lr_schedule != "cosine" or self.time_limit is None):
+            raise ValueError("TrainConfig.cosine_to_time_limit needs lr_schedule='cosine' and a time_limit, "
+                             f"got {self.lr_schedule!r} and {self.time_limit}")
 
     def ema_decay_at(self, update: int) -> float:
         """The weight-average decay of the ``update``-th update (0-based) of this run."""
         return min(self.ema_decay, (1 + update) / (10 + update))
 
-    def lr_at(self, step: int) -> float:
-        """The learning rate of step ``step`` (0-based)."""
+    def lr_at(self, step: int, elapsed: float = 0.0) -> float:
+        """The learning rate of step ``step`` (0-based), ``elapsed`` seconds into the run.
+
+        ``elapsed`` matters only with ``cosine_to_time_limit``: the cosine's progress is then the
+        larger of the step fraction and ``elapsed / time_limit``."""
         factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.lr_schedule == "cosine" and self.steps > self.warmup_steps:
-            progress = min(1.0, max(0.0, (step - self.warmup_steps) / (self.steps - self.warmup_steps)))
+            progress = (step - self.warmup_steps) / (self.steps - self.warmup_steps)
+            if self.cosine_to_time_limit and step >= self.warmup_steps:
+                progress = max(progress, elapsed / self.time_limit)
+            progress = min(1.0, max(0.0, progress))
             factor *= 0.5 * (1 + math.cos(math.pi * progress))
         return self.lr * factor
 
@@ -283,8 +296,9 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")
         optim.zero_grad(set_to_none=True)
+        lr = cfg.lr_at(step, time.time() - start)
         for group in optim.param_groups:
-            group["lr"] = cfg.lr_at(step)
+            group["lr"] = lr
         scaler.scale(loss).backward()
         _average_gradients(params)
         scaler.step(optim)
@@ -297,7 +311,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "lr": cfg.lr_at(step - 1),
+            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "lr": lr,
                                   "time": time.time() - start}) + "\n")
             log.flush()
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):

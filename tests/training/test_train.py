@@ -160,6 +160,19 @@ def test_learning_rate_schedule():
     assert cfg.lr_at(60) == pytest.approx(0.5)  # half-way through the cosine
     assert cfg.lr_at(110) == pytest.approx(0.0, abs=1e-12) and cfg.lr_at(10_000) == pytest.approx(0.0, abs=1e-12)
     assert TrainConfig(lr=0.3).lr_at(12345) == 0.3  # the default is constant, without warm-up
+    assert cfg.lr_at(60, elapsed=1e9) == pytest.approx(0.5)  # wall time counts only when asked
+
+
+def test_cosine_to_time_limit_ends_the_decay_at_whichever_limit_comes_first():
+    cfg = TrainConfig(lr=1.0, steps=110, warmup_steps=10, lr_schedule="cosine", time_limit=100.0,
+                      cosine_to_time_limit=True)
+    assert cfg.lr_at(60, elapsed=0.0) == pytest.approx(0.5)  # steps ahead of the clock: the step fraction
+    assert cfg.lr_at(20, elapsed=50.0) == pytest.approx(0.5)  # the clock ahead: the time fraction
+    assert cfg.lr_at(20, elapsed=100.0) == pytest.approx(0.0, abs=1e-12)
+    assert cfg.lr_at(4, elapsed=99.0) == pytest.approx(0.5)  # warm-up is by steps only
+    for bad in (dict(lr_schedule="constant", time_limit=100.0), dict(lr_schedule="cosine", time_limit=None)):
+        with pytest.raises(ValueError, match="cosine_to_time_limit"):
+            TrainConfig(cosine_to_time_limit=True, **bad)
 
 
 def test_reference_dropout_trains_stage2_steps_as_stage1(dataset):
