@@ -10,10 +10,11 @@
 #   bash benchmarks/gpu_session.sh          # carry: .whl and the data/cache files training needs
 # Parts can be left out: TRAIN=0, TESTS="paths" (empty: none), BENCHES="names" (see bench calls below);
 # SDS_K / TEST_K="pytest -k expression" pick SDS-step cases / tests. The training recipe's knobs are in phase 2.
-# First measurement of analytic normals (the field's default since 2026-11-26) and of the CUDA-graphed
-# UNet forward (GenerateConfig.cuda_graph, off until measured); neither has run on a GPU yet:
-#   TRAIN=0 BENCHES="sds hash_render" SDS_LIMIT=360 SDS_K="optimized or central_normals or forward_normals or cuda_graph or field_state or phases" \
-#     bash benchmarks/gpu_session.sh   # the default TESTS include the Jacobian, closed-form normals and real-capture tests
+# Measured on an H100 in the sixth session (RESULTS.md): analytic normals, the CUDA-graphed UNet (now on
+# by default) and the field states, with this call (about 7 minutes of run with the training):
+#   TRAIN=1 REFDROP=0 ENC_LIMIT=30 S1_LIMIT=190 S2_LIMIT=100 BENCHES=sds SDS_LIMIT=150 \
+#     SDS_K="(optimized or cuda_graph or forward_normals or field_state or (central_normals and 256)) and not phases" \
+#     bash benchmarks/gpu_session.sh
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default

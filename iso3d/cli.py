@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None,
                      help="SDS classifier-free guidance scale (default: the config's, the release's 10)")
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                     help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, off)")
+                     help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, on; --no-cuda-graph: eager)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")

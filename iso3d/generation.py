@@ -69,9 +69,9 @@ class GenerateConfig:
     reference_loss_weight: float = 0.0
     reference_pose: tuple[float, float, float, float] = (0.0, 0.0, 2.0, 40.0)
     # On a GPU, replay the UNet's CFG forward from a CUDA graph (iso3d.models.cuda_graph): one launch
-    # instead of ~1000 for a launch-bound pass. Off until its speed-up is measured on a GPU
-    # (benchmarks/generate/bench_sds_step.py, provider "cuda_graph"); ignored on the CPU.
-    cuda_graph: bool = False
+    # instead of ~1000 for a launch-bound pass. Measured on an H100 (benchmarks/RESULTS.md): the
+    # official step 1.19x faster at 64², 1.20x at 256², at the same peak memory. Ignored on the CPU.
+    cuda_graph: bool = True
 
     def __post_init__(self):
         if self.steps < 1:

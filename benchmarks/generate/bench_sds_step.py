@@ -159,19 +159,24 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
 
 
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
 @pytest.mark.parametrize("field_state", list(FIELD_STATES))
 @pytest.mark.parametrize("stage", [64, 256])
-def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, field_state):
-    """The optimized step on the initial blob vs a sharp surface. On CPU: the tiny model with the
-    PyTorch hash grid and the dense sampler, with the occupancy grid and pruning, at the release's
-    512 samples per ray (16 in the smoke run), so that the sample counts show what pruning leaves."""
+def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, field_state, graphed):
+    """The optimized step on the initial blob vs a sharp surface, with the UNet's CFG forward eager or
+    from a CUDA graph (GPU only). On CPU: the tiny model with the PyTorch hash grid and the dense
+    sampler, with the occupancy grid and pruning, at the release's 512 samples per ray (16 in the
+    smoke run), so that the sample counts show what pruning leaves."""
     on_gpu = bench_device.type == "cuda"
+    if graphed and not on_gpu:
+        pytest.skip("CUDA graphs need a GPU")
     cfg = _config(bench_device, smoke, stage)
     if not on_gpu and not smoke:
         cfg = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, num_samples_per_ray=512))
     cfg, fld, renderer = _setup(model, cfg, bench_device, "optimized" if on_gpu else "naive", field_state=field_state,
                                 prune=True, build_grid=True)
-    step = _training_step(model, cfg, fld, renderer, bench_device)
+    unet = CUDAGraphedForward(model.unet) if graphed else None
+    step = _training_step(model, cfg, fld, renderer, bench_device, unet)
     samples = []
     with torch.no_grad():  # how many samples the field is evaluated at (after the grid and pruning)
         views = sample_sds_views(cfg.views, batch=cfg.milestones[0][2], generator=torch.Generator().manual_seed(0))
@@ -181,12 +186,15 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     frames = cfg.milestones[0][2] * cfg.views.n_views
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     try:
-        run_bench(step, group=f"sds step field state {label} {frames} views {size}^2 render", provider=field_state,
+        run_bench(step, group=f"sds step field state {label} {frames} views {size}^2 render",
+                  provider=f"{field_state}_graphed" if graphed else field_state,
                   baseline="blob", work=1, unit="steps/s", max_rounds=None if on_gpu else 3,
-                  extra=dict(model=label, render_size=size, views=frames, field_state=field_state,
+                  extra=dict(model=label, render_size=size, views=frames, field_state=field_state, cuda_graph=graphed,
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
                              note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray)"))
+        if unet is not None and unet.disabled_reason:
+            pytest.fail(f"cuda_graph: the capture failed and the step ran eagerly: {unet.disabled_reason}")
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"field state {field_state} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
