@@ -250,7 +250,9 @@ def generate(
     acp = model.config.scheduler.alphas_cumprod(device)
     unet = CUDAGraphedForward(model.unet) if config.cuda_graph and device.type == "cuda" else model.unet
     out_dir = Path(out) if out is not None else None
-    step, losses = 0, []
+    # Per-step records, kept in the checkpoint and run.json: the loss, the wall time and the samples
+    # per ray (how the render cost falls as the field sharpens and pruning drops more samples).
+    step, losses, step_seconds, samples_per_ray = 0, [], [], []
     if resume:
         if out_dir is None or not (out_dir / CHECKPOINT).exists():
             raise FileNotFoundError(f"resume: no {CHECKPOINT} in {out_dir}")
@@ -263,6 +265,7 @@ def generate(
             est.binaries.copy_(state["grid"]["binaries"])
             renderer.grid_ready = True
         step, losses = state["step"], state["losses"]
+        step_seconds, samples_per_ray = state.get("step_seconds", []), state.get("samples_per_ray", [])
 
     def save_checkpoint():
         if out_dir is None:
@@ -272,7 +275,8 @@ def generate(
         grid = {"occs": est.occs.clone(), "binaries": est.binaries.clone()} if renderer.grid_ready else None
         tmp = out_dir / (CHECKPOINT + ".tmp")
         torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": grid, "step": step,
-                    "losses": losses, "seed": seed}, tmp)
+                    "losses": losses, "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,
+                    "seed": seed}, tmp)
         tmp.replace(out_dir / CHECKPOINT)
 
     start = time.time()
@@ -281,7 +285,8 @@ def generate(
         while step < config.steps:
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet)
+            step_start, stats = time.perf_counter(), {}
+            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet, stats=stats)
             if config.reference_loss_weight > 0:
                 loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
             if not math.isfinite(loss.item()):
@@ -292,7 +297,9 @@ def generate(
             loss.backward()
             optim.step()
             step += 1
-            losses.append(round(loss.item(), 6))
+            losses.append(round(loss.item(), 6))  # .item() waits for the GPU: the step's time below is whole
+            step_seconds.append(round(time.perf_counter() - step_start, 5))
+            samples_per_ray.append(round(stats["samples_per_ray"], 2))
             if step % config.grid_update_every == 0 or step == 1:
                 renderer.update_occupancy(fld, step, every=1)
             bar.update(1)
@@ -306,7 +313,7 @@ def generate(
         bar.close()
     run = {"seed": seed, "steps": step, "seconds": time.time() - start, "device": str(device),
            "config": dataclasses.asdict(config), "model": dataclasses.asdict(model.config), "losses": losses,
-           "versions": _versions()}
+           "step_seconds": step_seconds, "samples_per_ray": samples_per_ray, "versions": _versions()}
     if isinstance(unet, CUDAGraphedForward):
         run["cuda_graph"] = {"replays": unet.replays, "graphs": len(unet.graphs), "disabled": unet.disabled_reason}
     asset = Asset(fld.eval(), renderer.eval(), config, run)
@@ -346,7 +353,7 @@ def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[in
 
 def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRenderer, token: torch.Tensor,
              alphas_cumprod: torch.Tensor, config: GenerateConfig, step: int, gen: torch.Generator,
-             *, unet=None) -> torch.Tensor:
+             *, unet=None, stats: dict | None = None) -> torch.Tensor:
     """The loss of one SDS step (forward only; the caller runs backward and the optimizer).
 
     Renders ``batch × n_views`` views at the milestone's size (``[B·V, 3, s, s]``), maps them into the
@@ -354,6 +361,8 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     ``[1, 1, D]``) and unconditional (zero) batch in one call, and returns the x0-reconstruction
     loss plus the weighted orientation loss. ``gen`` drives every random choice. ``unet`` replaces
     ``model.unet`` for the (gradient-free) noise prediction, e.g. a :class:`CUDAGraphedForward` of it.
+    ``stats``, a dict, receives ``samples_per_ray``: how many samples the field was evaluated at per
+    rendered ray after the occupancy grid and pruning (what a step's render cost scales with).
     """
     device, n_views, acp = alphas_cumprod.device, config.views.n_views, alphas_cumprod
     size, batch = milestone_at(config, step, model.config.image_size)
@@ -370,6 +379,8 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     out = renderer.train()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading,
                            light_positions=lights, with_normals=config.normals, generator=gen,
                            ambient=0.1 + 0.2 * float(torch.rand((), generator=gen)))
+    if stats is not None:
+        stats["samples_per_ray"] = out.n_samples / rays_o[..., 0].numel()
     rgb = out.rgb.reshape(-1, size, size, 3).permute(0, 3, 1, 2)
     target = model.config.image_size
     if size != target:
