@@ -15,12 +15,16 @@
 #   TRAIN=1 REFDROP=0 ENC_LIMIT=30 S1_LIMIT=190 S2_LIMIT=100 BENCHES=sds SDS_LIMIT=150 \
 #     SDS_K="(optimized or cuda_graph or forward_normals or field_state or (central_normals and 256)) and not phases" \
 #     bash benchmarks/gpu_session.sh
+# Next (model card, "Reference dropout"): stage 2 with reference dropout 0.5 beside plain stage 2 and the
+# control, from the retrain's stage 1, with nothing else on the GPU (about 3 minutes of run):
+#   S1_BUNDLE=runs/h100-retrain-s6/stage1 S2_LIMIT=150 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
+#   (carry .whl, runs/h100-retrain-s6/stage1 and data/cache/procedural-train-16384-bf995f1c72.npz)
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
 # because it shares the GPU with the training phase and slowed it (add it to TESTS when the kernel changes).
 TESTS=${TESTS-tests/models/test_cuda_graph.py tests/kernels/test_hash_grid.py tests/nerf}
-BENCHES=${BENCHES:-mv_attention unet_step sds hash_render}
+BENCHES=${BENCHES-mv_attention unet_step sds hash_render}  # empty: none
 TEST_LIMIT=${TEST_LIMIT:-170}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # the naive benchmarks end in OOM; keep the rest usable
@@ -71,16 +75,22 @@ S2_STEPS=${S2_STEPS:-800} S2_LR=${S2_LR:-3e-4} S2_LIMIT=${S2_LIMIT:-120} REF_DRO
 # MP: autocast precision (bf16 sends the attention to flash SDPA). The cosine ends at the steps or the
 # time limit, whichever comes first (--cosine-to-time-limit), so a time-boxed stage always anneals.
 MP=${MP:-bf16} REFDROP=${REFDROP:-1}
+# S1_BUNDLE: start the stage-2 runs from this stage-1 bundle (carry it) and skip the encoder and stage 1,
+# e.g. runs/h100-retrain-s6/stage1 (the sixth session's retrain, kept on the development machine).
+S1_BUNDLE=${S1_BUNDLE:-}
 common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP"
 s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
-  timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT $common || exit 1
-  timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
-    --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
-  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $R/stage1/bundle $s2 > "$LOGS/train_stage2.log" 2>&1 &
-  [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $R/stage1/bundle --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
-  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage1 --out $C --init $R/stage1/bundle $s2 > "$LOGS/train_control.log" 2>&1 &
+  if [ -z "$S1_BUNDLE" ]; then
+    timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT $common || exit 1
+    timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
+      --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
+    S1_BUNDLE=$R/stage1/bundle
+  fi
+  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
+  [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $S1_BUNDLE --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
+  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage1 --out $C --init $S1_BUNDLE $s2 > "$LOGS/train_control.log" 2>&1 &
   wait
 ) > "$LOGS/train.log" 2>&1
 say "training rc=$? $(grep -h 'steps, final loss' "$LOGS"/train*.log | tr '\n' ' ')"
