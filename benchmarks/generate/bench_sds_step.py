@@ -132,6 +132,12 @@ def _training_step(model, cfg, fld, renderer, bench_device, unet=None):
     return step
 
 
+def _fail_if_eager(unet):
+    """A graphed case whose capture failed timed eager calls: fail it rather than report those."""
+    if unet is not None and unet.disabled_reason:
+        pytest.fail(f"cuda_graph: the capture failed and the step ran eagerly: {unet.disabled_reason}")
+
+
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("stage", [64, 256])
 def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
@@ -152,8 +158,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
                   extra=dict(model=label, render_size=size, views=frames, samples_per_ray=cfg.renderer.num_samples_per_ray,
                              hash_levels=cfg.field.encoding.n_levels, attention=backend_attn, hash_grid=backend_grid,
                              sampler=sampler, pruning=prune, cuda_graph=unet is not None))
-        if unet is not None and unet.disabled_reason:
-            pytest.fail(f"cuda_graph: the capture failed and the step ran eagerly: {unet.disabled_reason}")
+        _fail_if_eager(unet)
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"{provider} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
@@ -193,8 +198,7 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
                              note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray)"))
-        if unet is not None and unet.disabled_reason:
-            pytest.fail(f"cuda_graph: the capture failed and the step ran eagerly: {unet.disabled_reason}")
+        _fail_if_eager(unet)
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"field state {field_state} at {size}^2: out of GPU memory ({str(exc).splitlines()[0]})")
