@@ -78,7 +78,9 @@ MP=${MP:-bf16} REFDROP=${REFDROP:-1}
 # S1_BUNDLE: start the stage-2 runs from this stage-1 bundle (carry it) and skip the encoder and stage 1,
 # e.g. runs/h100-retrain-s6/stage1 (the sixth session's retrain, kept on the development machine).
 S1_BUNDLE=${S1_BUNDLE:-}
-common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP"
+# ORIENTATION: the procedural objects' poses (iso3d.data.ObjectSampling): upright or any.
+ORIENTATION=${ORIENTATION:-any}
+common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION"
 s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once

@@ -1,7 +1,8 @@
 """A cached, seedable multi-view data set of procedural objects.
 
 Each sample: 4 target views 90° apart at a random elevation in [0°, 30°] and a random azimuth
-offset, plus a reference view at a random pose, all RGBA on white. Splits draw object seeds from
+offset, plus a reference view at a random pose, all RGBA on white. Objects are drawn as
+:class:`ObjectSampling` says (upright, or in any orientation). Splits draw object seeds from
 disjoint ranges (train 0…, val 10⁶…, test 2·10⁶…), so a split's content depends only on its seed
 and size. Rendering happens once; the set is cached as one compressed ``.npz`` of uint8 images.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .procedural import RenderSettings, random_object, render_object
+from .procedural import ObjectSampling, RenderSettings, random_object, render_object
 
 __all__ = ["MultiViewDataset", "MultiViewSample", "ViewSampling"]
 
@@ -56,9 +57,9 @@ def _poses(seed: int, sampling: ViewSampling):
     return elev.expand(sampling.n_views).clone(), azim, ref_elev, ref_azim
 
 
-def _render_one(job: tuple[int, ViewSampling, RenderSettings]):
-    seed, sampling, settings = job
-    obj = random_object(seed)
+def _render_one(job: tuple[int, ViewSampling, RenderSettings, ObjectSampling]):
+    seed, sampling, settings, objects = job
+    obj = random_object(seed, objects)
     elev, azim, ref_elev, ref_azim = _poses(seed, sampling)
     imgs = render_object(obj, torch.cat([elev, ref_elev]), torch.cat([azim, ref_azim]), settings)
     as_u8 = (imgs * 255 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -78,14 +79,18 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: Literal["train", "val", "test"], size: int, *, seed: int = 0,
                  settings: RenderSettings = RenderSettings(), sampling: ViewSampling = ViewSampling(),
-                 cache_dir: str | Path | None = None, progress: bool = True, workers: int = 1):
+                 objects: ObjectSampling = ObjectSampling(), cache_dir: str | Path | None = None,
+                 progress: bool = True, workers: int = 1):
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"split must be one of {sorted(SPLIT_OFFSETS)}, got {split!r}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if not isinstance(objects, ObjectSampling):
+            raise TypeError(f"objects must be an ObjectSampling, got {type(objects).__name__}")
         self.split, self.size, self.seed, self.settings, self.sampling = split, size, seed, settings, sampling
+        self.objects = objects
         self.workers = workers
         self.seeds = [SPLIT_OFFSETS[split] + seed * 100_000 + i for i in range(size)]
         cache = self._cache_path(cache_dir)
@@ -103,11 +108,14 @@ class MultiViewDataset(torch.utils.data.Dataset):
     def _cache_path(self, cache_dir):
         if cache_dir is None:
             return None
-        key = json.dumps([self.split, self.size, self.seed, asdict(self.settings), asdict(self.sampling)], sort_keys=True)
+        parts = [self.split, self.size, self.seed, asdict(self.settings), asdict(self.sampling)]
+        if self.objects != ObjectSampling(orientation="any"):  # the data before ObjectSampling existed keep their names
+            parts.append(asdict(self.objects))
+        key = json.dumps(parts, sort_keys=True)
         return Path(cache_dir) / f"procedural-{self.split}-{self.size}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
 
     def _render_all(self, progress: bool) -> dict:
-        jobs = [(seed, self.sampling, self.settings) for seed in self.seeds]
+        jobs = [(seed, self.sampling, self.settings, self.objects) for seed in self.seeds]
         workers = min(self.workers, len(jobs))
         if workers > 1:
             # Objects are independent and seeded, so the result does not depend on the worker count.
@@ -142,4 +150,4 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def object(self, index: int):
         """The ground-truth object of sample ``index`` (SDF, albedo, SDF grid)."""
-        return random_object(self.seeds[index])
+        return random_object(self.seeds[index], self.objects)

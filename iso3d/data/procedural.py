@@ -1,7 +1,10 @@
 """Procedural 3D objects with known geometry, rendered exactly from the method's cameras.
 
 An object is the union of 1–3 primitives (sphere, box, cylinder, cone, torus, capsule) with random
-sizes, placements, rotations and colours, inside the ``[−0.6, 0.6]³`` box. Its signed distance
+sizes, placements, rotations and colours, inside the ``[−0.6, 0.6]³`` box. Rotations are either any
+(uniform over 3D rotations) or upright (:class:`ObjectSampling`): each primitive rests the way it
+would on a table (a cone on its base, a cylinder, capsule or ring standing or lying, a box flat),
+turned about the vertical axis only, as the gravity-aligned objects the released model was trained on. Its signed distance
 function is exact for each primitive (Inigo Quilez's formulas) and the union's is the minimum, so
 sphere tracing finds the true surface; the ground truth (SDF on a grid, or a mesh through marching
 cubes) is available for 3D evaluation.
@@ -13,15 +16,17 @@ shading with a head light (``ambient + (1 − ambient)·max(0, n·v)``), white b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from iso3d.cameras import camera_to_world, generate_rays
 
-__all__ = ["PRIMITIVES", "Primitive", "ProceduralObject", "RenderSettings", "random_object", "render_object",
-           "render_object_from"]
+__all__ = ["PRIMITIVES", "ObjectSampling", "Primitive", "ProceduralObject", "RenderSettings", "random_object",
+           "render_object", "render_object_from"]
 
 PRIMITIVES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
 
@@ -93,11 +98,48 @@ class ProceduralObject:
         return torch.cat([self.sdf(chunk) for chunk in pts.split(65536)]).reshape(resolution, resolution, resolution)
 
 
-def random_object(seed: int, max_primitives: int = 3) -> ProceduralObject:
-    """A deterministic random object (union of 1..max_primitives primitives) for ``seed``."""
+# Kinds that may lie on their side in the upright distribution (their local axis is y).
+_MAY_LIE = ("cylinder", "capsule", "torus")
+
+
+def _upright_rotation(kind: str, gen: torch.Generator) -> torch.Tensor:
+    """World-from-local rotation of a resting primitive: optionally laid on its side (90° about x)
+    if its kind may lie, then turned about the vertical (y) axis by a uniform angle."""
+    lying = kind in _MAY_LIE and bool(torch.rand((), generator=gen) < 0.5)
+    yaw = 2 * torch.pi * float(torch.rand((), generator=gen))
+    c, s = math.cos(yaw), math.sin(yaw)
+    turn = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    lay = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]) if lying else torch.eye(3)
+    return turn @ lay
+
+
+@dataclass(frozen=True)
+class ObjectSampling:
+    """How :func:`random_object` draws objects.
+
+    ``orientation="upright"``: primitives rest as on a table and turn about the vertical axis only,
+    so one view fixes an object up to its azimuth, which is what the method assumes of its
+    conditioning image (the released model was fine-tuned on gravity-aligned Objaverse objects).
+    ``"any"``: uniform 3D rotations (the data of iso3d-tiny up to 2026-11-26).
+    """
+
+    max_primitives: int = 3
+    orientation: Literal["upright", "any"] = "any"
+
+    def __post_init__(self):
+        if self.orientation not in ("upright", "any"):
+            raise ValueError(f"ObjectSampling.orientation must be 'upright' or 'any', got {self.orientation!r}")
+        if isinstance(self.max_primitives, bool) or not isinstance(self.max_primitives, int) or self.max_primitives < 1:
+            raise ValueError(f"ObjectSampling.max_primitives must be an int >= 1, got {self.max_primitives!r}")
+
+
+def random_object(seed: int, sampling: ObjectSampling = ObjectSampling()) -> ProceduralObject:
+    """A deterministic random object (union of 1..``sampling.max_primitives`` primitives) for ``seed``."""
+    if not isinstance(sampling, ObjectSampling):
+        raise TypeError(f"random_object: sampling must be an ObjectSampling, got {type(sampling).__name__}")
     gen = torch.Generator().manual_seed(seed)
     u = lambda lo, hi, n=1: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
-    n = int(torch.randint(1, max_primitives + 1, (1,), generator=gen))
+    n = int(torch.randint(1, sampling.max_primitives + 1, (1,), generator=gen))
     prims = []
     for _ in range(n):
         kind = PRIMITIVES[int(torch.randint(len(PRIMITIVES), (1,), generator=gen))]
@@ -108,7 +150,8 @@ def random_object(seed: int, max_primitives: int = 3) -> ProceduralObject:
         }[kind]
         center = u(-0.25, 0.25, 3) if n > 1 else u(-0.05, 0.05, 3)
         color = u(0.1, 0.95, 3)
-        prims.append(Primitive(kind, center, _random_rotation(gen), size, color))
+        rotation = _random_rotation(gen) if sampling.orientation == "any" else _upright_rotation(kind, gen)
+        prims.append(Primitive(kind, center, rotation, size, color))
     return ProceduralObject(prims)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from iso3d.cameras import camera_to_world, generate_rays
-from iso3d.data import MultiViewDataset, RenderSettings
+from iso3d.data import MultiViewDataset, ObjectSampling, RenderSettings
 from iso3d.data.procedural import Primitive, ProceduralObject, render_object, render_object_from
 from iso3d.io import composite_on_white, save_image_grid
 from iso3d.training.evaluate import psnr, ssim
@@ -52,6 +52,7 @@ class EvalConfig:
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
     guidance_scale: float | None = None  # the SDS runs' CFG scale (generate(guidance_scale=…)); None: cpu_tiny's
+    orientation: str = ObjectSampling().orientation  # the held-out objects' poses (ObjectSampling.orientation)
 
 
 def _subsample(points: torch.Tensor, n: int) -> torch.Tensor:
@@ -154,7 +155,8 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
         raise ValueError("methods include 'stage1' but stage1_bundle is None")
     stage1 = load(stage1_bundle).eval() if "stage1" in methods else None
     data = MultiViewDataset(config.split, config.objects, seed=config.seed,
-                            settings=RenderSettings(image_size=config.view_size), progress=progress)
+                            settings=RenderSettings(image_size=config.view_size),
+                            objects=ObjectSampling(orientation=config.orientation), progress=progress)
     settings = RenderSettings(image_size=config.view_size)
     base = GenerateConfig.cpu_tiny(steps=config.steps)
     out_dir = Path(out) if out is not None else None

@@ -8,7 +8,16 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["add_train_parser", "run_train"]
+__all__ = ["add_orientation_argument", "add_train_parser", "run_train"]
+
+
+def add_orientation_argument(p) -> None:
+    """``--orientation``: how the procedural objects are posed (``iso3d.data.ObjectSampling``)."""
+    from iso3d.data import ObjectSampling
+
+    p.add_argument("--orientation", choices=["upright", "any"], default=ObjectSampling().orientation,
+                   help="procedural objects resting upright and turned about the vertical axis only, or in any "
+                        "3D orientation")
 
 
 def add_train_parser(sub) -> None:
@@ -23,6 +32,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--encoder-lr", type=float, default=1e-3)
     p.add_argument("--train-size", type=int, default=512, help="procedural training objects")
     p.add_argument("--image-size", type=int, default=32)
+    add_orientation_argument(p)
     p.add_argument("--width", type=int, default=32, help="iso3d-tiny base width (new models only)")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--render-workers", type=int, default=os.cpu_count() or 1,
@@ -54,6 +64,7 @@ def add_train_parser(sub) -> None:
 def run_train(args: argparse.Namespace, device) -> int:
     import torch
 
+    from iso3d.data import ObjectSampling
     from iso3d.models.bundle import MultiViewDiffusion
     from iso3d.models.presets import tiny_bundle_config
 
@@ -66,7 +77,8 @@ def run_train(args: argparse.Namespace, device) -> int:
         model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width), seed=args.seed,
                                    backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
-                      cache_dir=args.cache_dir, render_workers=args.render_workers)
+                      cache_dir=args.cache_dir, render_workers=args.render_workers,
+                      objects=ObjectSampling(orientation=args.orientation))
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,

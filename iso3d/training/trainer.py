@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from iso3d.cameras import camera_embedding
-from iso3d.data import MultiViewDataset, RenderSettings
+from iso3d.data import MultiViewDataset, ObjectSampling, RenderSettings
 from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.image_encoder import preprocess_images
@@ -46,6 +46,7 @@ class DataConfig:
     seed: int = 0
     cache_dir: str | None = "data/cache"
     render_workers: int = 1  # processes rendering the data set on a cache miss
+    objects: ObjectSampling = ObjectSampling()  # primitives per object, upright or any orientation
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
     if dataset is None:
         d = cfg.data
         dataset = MultiViewDataset("train", d.train_size, seed=d.seed, settings=RenderSettings(image_size=d.image_size),
-                                   cache_dir=d.cache_dir, progress=progress and rank == 0, workers=d.render_workers)
+                                   objects=d.objects, cache_dir=d.cache_dir, progress=progress and rank == 0, workers=d.render_workers)
     if cfg.stage == "encoder":
         model.image_encoder.visual.requires_grad_(True)
         logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))

@@ -1,11 +1,15 @@
 """Procedural objects: the renderer against analytic cases; data set splits, determinism, cache."""
 
+import hashlib
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from iso3d.data import MultiViewDataset, ProceduralObject, RenderSettings, random_object, render_object
+from iso3d.data import (MultiViewDataset, ObjectSampling, ProceduralObject, RenderSettings, ViewSampling, random_object,
+                        render_object)
 from iso3d.data.procedural import PRIMITIVES, Primitive
 
 
@@ -71,3 +75,71 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         MultiViewDataset("train", 2, workers=0)
     assert len(random_object(5).primitives) in (1, 2, 3)
+
+
+def _axis_up(rotation):
+    """The world direction of a primitive's local y axis (its symmetry axis)."""
+    return rotation @ torch.tensor([0.0, 1.0, 0.0])
+
+
+def test_upright_objects_rest_and_turn_about_the_vertical_only():
+    upright, any_pose = ObjectSampling(orientation="upright"), ObjectSampling(orientation="any")
+    yaws, lying, tilted_any = [], 0, 0
+    for seed in range(60):
+        obj = random_object(seed, upright)
+        for prim in obj.primitives:
+            r = prim.rotation
+            torch.testing.assert_close(r @ r.T, torch.eye(3), atol=1e-5, rtol=0)
+            assert torch.det(r) == pytest.approx(1.0, abs=1e-5)
+            axis = _axis_up(r)
+            if prim.kind in ("cylinder", "capsule", "torus") and abs(axis[1]) < 1e-5:
+                lying += 1  # laid on its side: the axis is horizontal
+            else:  # standing: the axis is the world's up, exactly (cones on their base, boxes flat)
+                torch.testing.assert_close(axis, torch.tensor([0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
+            x = r @ torch.tensor([1.0, 0.0, 0.0])
+            yaws.append(math.atan2(x[2].item(), x[0].item()))
+        other = random_object(seed, any_pose)
+        tilted_any += sum(0.05 < abs(_axis_up(p.rotation)[1]) < 0.95 for p in other.primitives)  # neither up nor flat
+        # the same seed draws the same kinds, sizes and colours in both distributions up to the rotation
+        assert [p.kind for p in obj.primitives] == [p.kind for p in random_object(seed, upright).primitives]
+    assert lying > 0, "some cylinders, capsules or rings lie on their side"
+    assert max(yaws) - min(yaws) > math.pi, "the turn about the vertical axis varies"
+    assert tilted_any > 10, "orientation='any' still tilts primitives freely"
+
+
+def test_upright_cone_is_wider_at_its_base_in_every_view():
+    seed = next(s for s in range(1000) if [p.kind for p in random_object(s, ObjectSampling(orientation="upright")).primitives] == ["cone"])
+    obj = random_object(seed, ObjectSampling(orientation="upright"))
+    imgs = render_object(obj, torch.tensor([0.0, 10.0, 20.0, 30.0]), torch.tensor([0.0, 90.0, 180.0, 270.0]),
+                         RenderSettings(image_size=48, supersample=1))
+    for alpha in imgs[:, 3]:
+        rows = alpha.sum(dim=1).nonzero().flatten()  # image rows that see the cone, top to bottom
+        top, bottom = alpha[rows[0] + 1].sum(), alpha[rows[-1] - 2].sum()
+        assert bottom > 2 * top, "the apex is up: the silhouette widens toward the bottom of the image"
+
+
+def test_object_sampling_reaches_the_data_set_and_its_cache(tmp_path):
+    settings = RenderSettings(image_size=16)
+    any_pose = MultiViewDataset("train", 2, settings=settings, progress=False, cache_dir=tmp_path)
+    upright = MultiViewDataset("train", 2, settings=settings, objects=ObjectSampling(orientation="upright"),
+                               progress=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2, "each distribution has its own cache file"
+    assert not torch.equal(any_pose.views, upright.views)
+    assert upright.object(0).primitives[0].rotation.tolist() == random_object(
+        upright.seeds[0], ObjectSampling(orientation="upright")).primitives[0].rotation.tolist()
+    # The default ("any": the data before ObjectSampling existed) keeps the cache name it had then.
+    assert ObjectSampling().orientation == "any"
+    old_key = json.dumps(["train", 2, 0, asdict(settings), asdict(ViewSampling())], sort_keys=True)
+    assert any_pose._cache_path(tmp_path).name == f"procedural-train-2-{hashlib.sha1(old_key.encode()).hexdigest()[:10]}.npz"
+
+
+def test_bad_object_sampling():
+    with pytest.raises(ValueError, match="orientation must be 'upright' or 'any'"):
+        ObjectSampling(orientation="sideways")
+    with pytest.raises(ValueError, match="max_primitives must be an int >= 1"):
+        ObjectSampling(max_primitives=0)
+    with pytest.raises(TypeError, match="sampling must be an ObjectSampling"):
+        random_object(0, 3)
+    with pytest.raises(TypeError, match="objects must be an ObjectSampling"):
+        MultiViewDataset("train", 2, objects="upright")
+    assert max(len(random_object(s, ObjectSampling(max_primitives=1)).primitives) for s in range(20)) == 1

@@ -1,6 +1,7 @@
 """Training stages run end to end at tiny scale: the loss falls, checkpoints reload, resume is exact, DDP."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -12,7 +13,7 @@ patch_torchvision_if_needed()  # also in DDP worker processes, which import this
 pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
-from iso3d.data import MultiViewDataset, RenderSettings  # noqa: E402
+from iso3d.data import MultiViewDataset, ObjectSampling, RenderSettings  # noqa: E402
 from iso3d.models.bundle import MultiViewDiffusion  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.training import DataConfig, TrainConfig, diffusion_loss, train  # noqa: E402
@@ -218,10 +219,14 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
 
     cmd = [sys.executable, "-m", "iso3d", "train", "all", "--out", str(tmp_path / "run"), "--steps", "2",
            "--encoder-steps", "2", "--train-size", "4", "--image-size", str(IMAGE), "--width", "16",
-           "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+           "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("encoder", "stage1", "stage2"):
-        assert (tmp_path / "run" / stage / "result.json").exists()
+        saved = json.loads((tmp_path / "run" / stage / "result.json").read_text())
+        assert saved["config"]["data"]["objects"]["orientation"] == "upright"
+    expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE),
+                                objects=ObjectSampling(orientation="upright"), progress=False)
+    assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
     model = MultiViewDiffusion.from_pretrained(tmp_path / "run" / "stage2" / "bundle")
     assert model.config.image_size == IMAGE
