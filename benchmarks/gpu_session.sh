@@ -19,6 +19,9 @@
 # control, from the retrain's stage 1, with nothing else on the GPU (about 3 minutes of run):
 #   S1_BUNDLE=runs/h100-retrain-s6/stage1 S2_LIMIT=150 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 #   (carry .whl, runs/h100-retrain-s6/stage1 and data/cache/procedural-train-16384-bf995f1c72.npz)
+# Next for the 15-minute goal (RESULTS.md): the VAE encode eagerly vs through torch.compile (new phase
+# vae_encode_compiled; the first call compiles), beside the step it is part of, at both stages:
+#   TRAIN=0 TESTS="" BENCHES=sds SDS_LIMIT=300 SDS_K="phases and not render and not unet" bash benchmarks/gpu_session.sh
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -80,7 +83,9 @@ MP=${MP:-bf16} REFDROP=${REFDROP:-1}
 S1_BUNDLE=${S1_BUNDLE:-}
 # ORIENTATION: the procedural objects' poses (iso3d.data.ObjectSampling): upright or any.
 ORIENTATION=${ORIENTATION:-any}
-common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION"
+# SNR_GAMMA: Min-SNR-γ loss weighting of the diffusion stages (e.g. 5; empty: the plain ε-MSE).
+SNR_GAMMA=${SNR_GAMMA:-}
+common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION ${SNR_GAMMA:+--snr-gamma $SNR_GAMMA}"
 s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once

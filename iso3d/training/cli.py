@@ -53,6 +53,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the UNet weights (e.g. 0.999) and save it")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting of the diffusion stages (e.g. 5); default: plain eps-MSE")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds per stage: stop early, with a checkpoint, once this much has passed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of each stage")
@@ -82,7 +84,7 @@ def run_train(args: argparse.Namespace, device) -> int:
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
-                       time_limit=args.time_limit, ema_decay=args.ema_decay,
+                       time_limit=args.time_limit, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                        reference_dropout=args.reference_dropout, warmup_steps=args.warmup_steps,
                        lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]

@@ -81,6 +81,11 @@ class TrainConfig:
     # warm-up), so the starting weights do not linger in the average: without it, after n steps they
     # keep a weight dⁿ (0.998⁸⁰⁵ = 20%, which ruined the samples of a first GPU run).
     ema_decay: float = 0.0
+    # Min-SNR-γ loss weighting (Hang et al. 2023, arXiv 2303.09556): each sample's ε-loss is weighted by
+    # min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t), so the low-noise steps, whose ε-targets are
+    # easy and whose gradients conflict with the high-noise ones that decide shape, count less.
+    # None: the plain ε-MSE (the release's objective).
+    snr_gamma: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -99,6 +104,8 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"TrainConfig: warmup_steps must be >= 0 and lr_schedule 'constant' or 'cosine', "
                              f"got {self.warmup_steps} and {self.lr_schedule!r}")
+        if self.snr_gamma is not None and not (isinstance(self.snr_gamma, (int, float)) and self.snr_gamma > 0):
+            raise ValueError(f"TrainConfig.snr_gamma must be a positive number or None, got {self.snr_gamma!r}")
         if self.cosine_to_time_limit and (self.lr_schedule != "cosine" or self.time_limit is None):
             raise ValueError("TrainConfig.cosine_to_time_limit needs lr_schedule='cosine' and a time_limit, "
                              f"got {self.lr_schedule!r} and {self.time_limit}")
@@ -172,7 +179,8 @@ def _average_gradients(params) -> None:
 # ----------------------------------------------------------------------------------------------
 def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen: torch.Generator,
                    *, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """ε-prediction MSE on the noisy views (stage 1, or stage 2 with the clean reference frame)."""
+    """ε-prediction MSE on the noisy views (stage 1, or stage 2 with the clean reference frame),
+    Min-SNR-γ weighted per sample when ``cfg.snr_gamma`` is set."""
     views, device = batch["views"], batch["views"].device
     b, v = views.shape[:2]
     x0 = model.encode_images(composite_on_white(views).flatten(0, 1))  # [B·V, C, h, w]
@@ -199,7 +207,11 @@ def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen
             ref_cam = torch.zeros(b, 16, device=device)
         reference = ReferenceFrame(ref_x0, ref_cam, torch.full((b,), cfg.ref_timestep, device=device))
     pred = model.unet(x_t, t, context, cams, n_views=v, reference=reference)
-    return F.mse_loss(pred.float(), eps.float())
+    if cfg.snr_gamma is None:
+        return F.mse_loss(pred.float(), eps.float())
+    snr = a / (1 - a)
+    weight = snr.clamp(max=cfg.snr_gamma) / snr  # [B·V, 1, 1, 1]
+    return (weight * (pred.float() - eps.float()).square()).mean()
 
 
 def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -190,6 +190,31 @@ def test_reference_dropout_trains_stage2_steps_as_stage1(dataset):
     assert dropped != loss(stage="stage2", reference_dropout=0.0)
 
 
+def test_min_snr_weighting(dataset):
+    """Min-SNR-γ: per-object weights min(SNR_t, γ)/SNR_t on the ε-MSE, 1 where SNR_t <= γ."""
+    model = _model()
+    batch = _batch(dataset, torch.arange(len(dataset)), "cpu")
+    t = torch.tensor([20, 300, 600, 950])  # SNR ≈ 52, 1.4, 0.19, 0.008 under the release's schedule
+    noise = torch.randn(len(dataset) * 4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
+
+    def loss(gamma, rows):
+        cfg = TrainConfig(cond_dropout=0.0, snr_gamma=gamma, data=DataConfig(cache_dir=None))
+        sub = {k: v[rows] for k, v in batch.items()}
+        n = len(sub["views"])
+        with torch.no_grad():
+            return diffusion_loss(model, sub, cfg, torch.Generator().manual_seed(5), noise=noise[rows.start * 4:rows.start * 4 + 4 * n],
+                                  timesteps=t[rows]).item()
+
+    acp = model.config.scheduler.alphas_cumprod("cpu")
+    snr = acp[t] / (1 - acp[t])
+    per_object = torch.tensor([loss(None, slice(i, i + 1)) for i in range(4)])
+    expected = (per_object * snr.clamp(max=5.0) / snr).mean()
+    assert loss(5.0, slice(0, 4)) == pytest.approx(expected.item(), rel=1e-5)
+    assert loss(5.0, slice(1, 4)) == pytest.approx(per_object[1:].mean().item(), rel=1e-5)  # all SNR_t < 5: unweighted
+    assert loss(5.0, slice(0, 1)) < 0.2 * loss(None, slice(0, 1))  # t = 20: weight 5 / 52
+    assert loss(1e9, slice(0, 4)) == pytest.approx(loss(None, slice(0, 4)), rel=1e-6)
+
+
 def test_batch_matches_single_samples(dataset):
     batch = dataset.batch(torch.tensor([2, 0]))
     for row, i in enumerate([2, 0]):
@@ -211,6 +236,8 @@ def test_bad_config():
         TrainConfig(reference_dropout=-0.1)
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        TrainConfig(snr_gamma=0)
 
 
 def test_train_all_command_writes_reloadable_bundles(tmp_path):
