@@ -94,6 +94,9 @@ s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosin
     timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
       --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
     S1_BUNDLE=$R/stage1/bundle
+  else  # the runs below start side by side: render a missing data cache once, here, not three times there
+    timeout 600 python3 -c "from iso3d.data import MultiViewDataset, ObjectSampling
+MultiViewDataset('train', $TRAIN_SIZE, objects=ObjectSampling(orientation='$ORIENTATION'), cache_dir='data/cache', workers=16)" || exit 3
   fi
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
   [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $S1_BUNDLE --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &

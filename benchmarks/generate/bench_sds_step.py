@@ -239,7 +239,8 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
 
     # vae_encode_compiled: the same call through torch.compile (inductor fuses the VAE's GroupNorm +
     # SiLU pairs; the encode is not launch-bound, so a CUDA graph would not pay). The compilation
-    # happens in the first (memory-measuring) call, before the timed rounds.
+    # happens in the first (memory-measuring) call, before the timed rounds, so that call's peak may
+    # include the compiler's own allocations.
     encode = torch.compile(model.encode_images, dynamic=False) if phase == "vae_encode_compiled" else model.encode_images
 
     def vae_encode():

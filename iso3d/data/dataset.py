@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -100,7 +101,12 @@ class MultiViewDataset(torch.utils.data.Dataset):
             data = self._render_all(progress)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(cache, **data)
+                # Written beside and renamed: processes rendering the same set at once (training runs
+                # launched side by side) never leave or read a half-written file.
+                tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **data)
+                tmp.replace(cache)
         self.views = torch.from_numpy(data["views"])  # uint8 [S, V, 4, H, W]
         self.refs = torch.from_numpy(data["refs"])  # uint8 [S, 4, H, W]
         self.poses = torch.from_numpy(data["poses"])  # float32 [S, 2V + 2]

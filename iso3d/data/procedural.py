@@ -3,7 +3,8 @@
 An object is the union of 1–3 primitives (sphere, box, cylinder, cone, torus, capsule) with random
 sizes, placements, rotations and colours, inside the ``[−0.6, 0.6]³`` box. Rotations are either any
 (uniform over 3D rotations) or upright (:class:`ObjectSampling`): each primitive rests the way it
-would on a table (a cone on its base, a cylinder, capsule or ring standing or lying, a box flat),
+would on a table (a cone on its base, a cylinder or capsule standing or lying, a ring flat or on its
+edge, a box flat),
 turned about the vertical axis only, as the gravity-aligned objects the released model was trained on. Its signed distance
 function is exact for each primitive (Inigo Quilez's formulas) and the union's is the minimum, so
 sphere tracing finds the true surface; the ground truth (SDF on a grid, or a mesh through marching
@@ -98,7 +99,8 @@ class ProceduralObject:
         return torch.cat([self.sdf(chunk) for chunk in pts.split(65536)]).reshape(resolution, resolution, resolution)
 
 
-# Kinds that may lie on their side in the upright distribution (their local axis is y).
+# Kinds that may be laid down in the upright distribution (their symmetry axis, local y, then lies
+# horizontal: a cylinder or capsule on its side, a ring on its edge).
 _MAY_LIE = ("cylinder", "capsule", "torus")
 
 
@@ -120,7 +122,7 @@ class ObjectSampling:
     ``orientation="upright"``: primitives rest as on a table and turn about the vertical axis only,
     so one view fixes an object up to its azimuth, which is what the method assumes of its
     conditioning image (the released model was fine-tuned on gravity-aligned Objaverse objects).
-    ``"any"``: uniform 3D rotations (the data of iso3d-tiny up to 2026-11-26).
+    ``"any"``: uniform 3D rotations (the default, and the data the shipped iso3d-tiny was trained on).
     """
 
     max_primitives: int = 3

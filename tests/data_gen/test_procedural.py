@@ -84,7 +84,7 @@ def _axis_up(rotation):
 
 def test_upright_objects_rest_and_turn_about_the_vertical_only():
     upright, any_pose = ObjectSampling(orientation="upright"), ObjectSampling(orientation="any")
-    yaws, lying, tilted_any = [], 0, 0
+    yaws, lying_azimuths, tilted_any = [], [], 0
     for seed in range(60):
         obj = random_object(seed, upright)
         for prim in obj.primitives:
@@ -92,17 +92,21 @@ def test_upright_objects_rest_and_turn_about_the_vertical_only():
             torch.testing.assert_close(r @ r.T, torch.eye(3), atol=1e-5, rtol=0)
             assert torch.det(r) == pytest.approx(1.0, abs=1e-5)
             axis = _axis_up(r)
+            up_in_local = r.T @ torch.tensor([0.0, 1.0, 0.0])  # the world's up seen from the primitive
             if prim.kind in ("cylinder", "capsule", "torus") and abs(axis[1]) < 1e-5:
-                lying += 1  # laid on its side: the axis is horizontal
+                # laid down (a ring: on its edge): the axis is horizontal and up is the local −z
+                lying_azimuths.append(math.atan2(axis[2].item(), axis[0].item()))
+                torch.testing.assert_close(up_in_local, torch.tensor([0.0, 0.0, -1.0]), atol=1e-5, rtol=0)
             else:  # standing: the axis is the world's up, exactly (cones on their base, boxes flat)
                 torch.testing.assert_close(axis, torch.tensor([0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
             x = r @ torch.tensor([1.0, 0.0, 0.0])
             yaws.append(math.atan2(x[2].item(), x[0].item()))
         other = random_object(seed, any_pose)
         tilted_any += sum(0.05 < abs(_axis_up(p.rotation)[1]) < 0.95 for p in other.primitives)  # neither up nor flat
-        # the same seed draws the same kinds, sizes and colours in both distributions up to the rotation
-        assert [p.kind for p in obj.primitives] == [p.kind for p in random_object(seed, upright).primitives]
-    assert lying > 0, "some cylinders, capsules or rings lie on their side"
+        assert [p.rotation.tolist() for p in obj.primitives] == [
+            p.rotation.tolist() for p in random_object(seed, upright).primitives], "deterministic given the seed"
+    assert len(lying_azimuths) > 3, "some cylinders, capsules or rings lie down"
+    assert max(lying_azimuths) - min(lying_azimuths) > math.pi / 2, "lying axes point in varied horizontal directions"
     assert max(yaws) - min(yaws) > math.pi, "the turn about the vertical axis varies"
     assert tilted_any > 10, "orientation='any' still tilts primitives freely"
 
@@ -143,3 +147,12 @@ def test_bad_object_sampling():
     with pytest.raises(TypeError, match="objects must be an ObjectSampling"):
         MultiViewDataset("train", 2, objects="upright")
     assert max(len(random_object(s, ObjectSampling(max_primitives=1)).primitives) for s in range(20)) == 1
+
+
+def test_cli_orientation_default_is_object_samplings():
+    from iso3d.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "stage1", "--out", "x"], ["eval-model", "b"], ["eval"]):
+        assert parser.parse_args(argv).orientation == ObjectSampling().orientation, argv
+    assert parser.parse_args(["eval", "--orientation", "upright"]).orientation == "upright"
