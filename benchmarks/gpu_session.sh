@@ -22,6 +22,7 @@
 # Next for the 15-minute goal (RESULTS.md): the VAE encode eagerly vs through torch.compile (new phase
 # vae_encode_compiled; the first call compiles), beside the step it is part of, at both stages:
 #   TRAIN=0 TESTS="" BENCHES=sds SDS_LIMIT=300 SDS_K="phases and not render and not unet" bash benchmarks/gpu_session.sh
+# and, in the same call (TRACE=240), how soon a real SDS run's field sharpens (phase 3's TRACE, below).
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -96,7 +97,7 @@ s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosin
     S1_BUNDLE=$R/stage1/bundle
   else  # the runs below start side by side: render a missing data cache once, here, not three times there
     timeout 600 python3 -c "from iso3d.data import MultiViewDataset, ObjectSampling
-MultiViewDataset('train', $TRAIN_SIZE, objects=ObjectSampling(orientation='$ORIENTATION'), cache_dir='data/cache', workers=16)" || exit 3
+MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientation='$ORIENTATION'), cache_dir='data/cache', workers=16)" || exit 3
   fi
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
   [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $S1_BUNDLE --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
@@ -119,6 +120,27 @@ tar czf "$OUT/logs.tgz" -C "$LOGS" .  # again at the end; this copy survives a r
 # -- phase 3: benchmarks, alone on the GPU -------------------------------------------------------
 wait $NERFACC; say "nerfacc: $(tail -1 "$LOGS/nerfacc_build.log")"
 wait $SELFTEST; say "selftest: $(tail -4 "$LOGS/selftest.log" | tr '\n' ' ')"
+# TRACE=seconds (0: off): a real SDS trajectory on the official field, renderer and schedule (the GPU
+# defaults of iso3d generate) with the shipped iso3d-tiny as guidance, stopped by SIGINT after that
+# many seconds; its checkpoint keeps the samples per ray and wall time of every step. A proxy for how
+# soon an official run's field sharpens (the toy model's guidance, not the release's), to weigh the
+# blob / surface bracket of RESULTS.md.
+TRACE=${TRACE:-0}
+if [ "$TRACE" -gt 0 ]; then
+  timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda \
+    > "$LOGS/trace.log" 2>&1
+  python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
+import torch
+s = torch.load("/tmp/trace/checkpoint.pt", map_location="cpu", weights_only=False)
+spr, sec = s["samples_per_ray"], s["step_seconds"]
+for a in range(0, len(spr), 250):
+    b, t = spr[a:a + 250], sorted(sec[a:a + 250])
+    print(f"steps {a}-{a + len(b) - 1}: samples/ray mean {sum(b) / len(b):.1f} (min {min(b):.1f}, max {max(b):.1f}); "
+          f"step median {t[len(t) // 2] * 1e3:.1f} ms")
+PY
+  say "trace: $(tail -4 "$LOGS/trace.txt" | tr '\n' ' ')"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" .
+fi
 bench() {  # name timeout pytest-args...
   local name=$1 limit=$2; shift 2
   timeout "$limit" python3 -m pytest "$@" -q -p no:cacheprovider --benchmark-only --bench-rounds 5 \

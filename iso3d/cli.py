@@ -78,7 +78,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for bundle in args.bundles:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
         data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
-                                objects=ObjectSampling(orientation=args.orientation), cache_dir=args.cache_dir)
+                                object_sampling=ObjectSampling(orientation=args.orientation), cache_dir=args.cache_dir)
         results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
                                             guidance_scale=args.guidance, with_reference=args.with_reference),
                            **evaluate_retrieval(model, data)}

@@ -59,8 +59,8 @@ def _poses(seed: int, sampling: ViewSampling):
 
 
 def _render_one(job: tuple[int, ViewSampling, RenderSettings, ObjectSampling]):
-    seed, sampling, settings, objects = job
-    obj = random_object(seed, objects)
+    seed, sampling, settings, object_sampling = job
+    obj = random_object(seed, object_sampling)
     elev, azim, ref_elev, ref_azim = _poses(seed, sampling)
     imgs = render_object(obj, torch.cat([elev, ref_elev]), torch.cat([azim, ref_azim]), settings)
     as_u8 = (imgs * 255 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -80,7 +80,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: Literal["train", "val", "test"], size: int, *, seed: int = 0,
                  settings: RenderSettings = RenderSettings(), sampling: ViewSampling = ViewSampling(),
-                 objects: ObjectSampling = ObjectSampling(), cache_dir: str | Path | None = None,
+                 object_sampling: ObjectSampling = ObjectSampling(), cache_dir: str | Path | None = None,
                  progress: bool = True, workers: int = 1):
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"split must be one of {sorted(SPLIT_OFFSETS)}, got {split!r}")
@@ -88,10 +88,10 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise ValueError(f"size must be >= 1, got {size}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        if not isinstance(objects, ObjectSampling):
-            raise TypeError(f"objects must be an ObjectSampling, got {type(objects).__name__}")
+        if not isinstance(object_sampling, ObjectSampling):
+            raise TypeError(f"object_sampling must be an ObjectSampling, got {type(object_sampling).__name__}")
         self.split, self.size, self.seed, self.settings, self.sampling = split, size, seed, settings, sampling
-        self.objects = objects
+        self.object_sampling = object_sampling
         self.workers = workers
         self.seeds = [SPLIT_OFFSETS[split] + seed * 100_000 + i for i in range(size)]
         cache = self._cache_path(cache_dir)
@@ -115,13 +115,13 @@ class MultiViewDataset(torch.utils.data.Dataset):
         if cache_dir is None:
             return None
         parts = [self.split, self.size, self.seed, asdict(self.settings), asdict(self.sampling)]
-        if self.objects != ObjectSampling(orientation="any"):  # the data before ObjectSampling existed keep their names
-            parts.append(asdict(self.objects))
+        if self.object_sampling != ObjectSampling(orientation="any"):  # the data before ObjectSampling existed keep their names
+            parts.append(asdict(self.object_sampling))
         key = json.dumps(parts, sort_keys=True)
         return Path(cache_dir) / f"procedural-{self.split}-{self.size}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
 
     def _render_all(self, progress: bool) -> dict:
-        jobs = [(seed, self.sampling, self.settings, self.objects) for seed in self.seeds]
+        jobs = [(seed, self.sampling, self.settings, self.object_sampling) for seed in self.seeds]
         workers = min(self.workers, len(jobs))
         if workers > 1:
             # Objects are independent and seeded, so the result does not depend on the worker count.
@@ -156,4 +156,4 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def object(self, index: int):
         """The ground-truth object of sample ``index`` (SDF, albedo, SDF grid)."""
-        return random_object(self.seeds[index], self.objects)
+        return random_object(self.seeds[index], self.object_sampling)

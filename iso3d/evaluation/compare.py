@@ -156,7 +156,7 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
     stage1 = load(stage1_bundle).eval() if "stage1" in methods else None
     data = MultiViewDataset(config.split, config.objects, seed=config.seed,
                             settings=RenderSettings(image_size=config.view_size),
-                            objects=ObjectSampling(orientation=config.orientation), progress=progress)
+                            object_sampling=ObjectSampling(orientation=config.orientation), progress=progress)
     settings = RenderSettings(image_size=config.view_size)
     base = GenerateConfig.cpu_tiny(steps=config.steps)
     out_dir = Path(out) if out is not None else None

@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace, device) -> int:
                                    backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
                       cache_dir=args.cache_dir, render_workers=args.render_workers,
-                      objects=ObjectSampling(orientation=args.orientation))
+                      object_sampling=ObjectSampling(orientation=args.orientation))
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,

@@ -46,7 +46,7 @@ class DataConfig:
     seed: int = 0
     cache_dir: str | None = "data/cache"
     render_workers: int = 1  # processes rendering the data set on a cache miss
-    objects: ObjectSampling = ObjectSampling()  # primitives per object, upright or any orientation
+    object_sampling: ObjectSampling = ObjectSampling()  # primitives per object, upright or any orientation
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
     if dataset is None:
         d = cfg.data
         dataset = MultiViewDataset("train", d.train_size, seed=d.seed, settings=RenderSettings(image_size=d.image_size),
-                                   objects=d.objects, cache_dir=d.cache_dir, progress=progress and rank == 0, workers=d.render_workers)
+                                   object_sampling=d.object_sampling, cache_dir=d.cache_dir, progress=progress and rank == 0, workers=d.render_workers)
     if cfg.stage == "encoder":
         model.image_encoder.visual.requires_grad_(True)
         logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))

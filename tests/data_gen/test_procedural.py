@@ -125,7 +125,7 @@ def test_upright_cone_is_wider_at_its_base_in_every_view():
 def test_object_sampling_reaches_the_data_set_and_its_cache(tmp_path):
     settings = RenderSettings(image_size=16)
     any_pose = MultiViewDataset("train", 2, settings=settings, progress=False, cache_dir=tmp_path)
-    upright = MultiViewDataset("train", 2, settings=settings, objects=ObjectSampling(orientation="upright"),
+    upright = MultiViewDataset("train", 2, settings=settings, object_sampling=ObjectSampling(orientation="upright"),
                                progress=False, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 2, "each distribution has its own cache file"
     assert not torch.equal(any_pose.views, upright.views)
@@ -144,8 +144,8 @@ def test_bad_object_sampling():
         ObjectSampling(max_primitives=0)
     with pytest.raises(TypeError, match="sampling must be an ObjectSampling"):
         random_object(0, 3)
-    with pytest.raises(TypeError, match="objects must be an ObjectSampling"):
-        MultiViewDataset("train", 2, objects="upright")
+    with pytest.raises(TypeError, match="object_sampling must be an ObjectSampling"):
+        MultiViewDataset("train", 2, object_sampling="upright")
     assert max(len(random_object(s, ObjectSampling(max_primitives=1)).primitives) for s in range(20)) == 1
 
 

@@ -251,9 +251,9 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("encoder", "stage1", "stage2"):
         saved = json.loads((tmp_path / "run" / stage / "result.json").read_text())
-        assert saved["config"]["data"]["objects"]["orientation"] == "upright"
+        assert saved["config"]["data"]["object_sampling"]["orientation"] == "upright"
     expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE),
-                                objects=ObjectSampling(orientation="upright"), progress=False)
+                                object_sampling=ObjectSampling(orientation="upright"), progress=False)
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
     model = MultiViewDiffusion.from_pretrained(tmp_path / "run" / "stage2" / "bundle")
     assert model.config.image_size == IMAGE
