@@ -19,6 +19,8 @@
 # control, from the retrain's stage 1, with nothing else on the GPU (about 3 minutes of run):
 #   S1_BUNDLE=runs/h100-retrain-s6/stage1 S2_LIMIT=150 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 #   (carry .whl, runs/h100-retrain-s6/stage1 and data/cache/procedural-train-16384-bf995f1c72.npz)
+# Or a fresh retrain with Min-SNR-5 weighting, which beat the plain loss on PSNR and silhouette IoU in
+# two CPU runs (model card, seventh session): TRAIN=1 SNR_GAMMA=5 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 # Next for the 15-minute goal (RESULTS.md): the VAE encode eagerly vs through torch.compile (new phase
 # vae_encode_compiled; the first call compiles), beside the step it is part of, at both stages:
 #   TRAIN=0 TESTS="" BENCHES=sds SDS_LIMIT=300 SDS_K="phases and not render and not unet" bash benchmarks/gpu_session.sh
