@@ -4,10 +4,9 @@ An object is the union of 1–3 primitives (sphere, box, cylinder, cone, torus, 
 sizes, placements, rotations and colours, inside the ``[−0.6, 0.6]³`` box. Rotations are either any
 (uniform over 3D rotations) or upright (:class:`ObjectSampling`): each primitive rests the way it
 would on a table (a cone on its base, a cylinder or capsule standing or lying, a ring flat or on its
-edge, a box flat),
-turned about the vertical axis only, as the gravity-aligned objects the released model was trained on. Its signed distance
-function is exact for each primitive (Inigo Quilez's formulas) and the union's is the minimum, so
-sphere tracing finds the true surface; the ground truth (SDF on a grid, or a mesh through marching
+edge, a box flat), turned about the vertical axis only, like the gravity-aligned objects the
+released model was trained on. Its signed distance function is exact for each primitive (Inigo
+Quilez's formulas) and the union's is the minimum, so sphere tracing finds the true surface; the ground truth (SDF on a grid, or a mesh through marching
 cubes) is available for 3D evaluation.
 
 Rendering: sphere tracing from the pixel centres of :func:`iso3d.cameras.generate_rays`, Lambertian

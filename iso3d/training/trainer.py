@@ -82,8 +82,8 @@ class TrainConfig:
     # keep a weight dⁿ (0.998⁸⁰⁵ = 20%, which ruined the samples of a first GPU run).
     ema_decay: float = 0.0
     # Min-SNR-γ loss weighting (Hang et al. 2023, arXiv 2303.09556): each sample's ε-loss is weighted by
-    # min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t), so the low-noise steps, whose ε-targets are
-    # easy and whose gradients conflict with the high-noise ones that decide shape, count less.
+    # min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t), so the low-noise steps count less (the paper
+    # finds the timesteps' gradients conflict; the noisy steps are where the coarse shape is decided).
     # None: the plain ε-MSE (the release's objective).
     snr_gamma: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
