@@ -6,8 +6,8 @@ sizes, placements, rotations and colours, inside the ``[−0.6, 0.6]³`` box. Ro
 would on a table (a cone on its base, a cylinder or capsule standing or lying, a ring flat or on its
 edge, a box flat), turned about the vertical axis only, like the gravity-aligned objects the
 released model was trained on. Its signed distance function is exact for each primitive (Inigo
-Quilez's formulas) and the union's is the minimum, so sphere tracing finds the true surface; the ground truth (SDF on a grid, or a mesh through marching
-cubes) is available for 3D evaluation.
+Quilez's formulas) and the union's is the minimum, so sphere tracing finds the true surface; the
+ground truth (SDF on a grid, or a mesh through marching cubes) is available for 3D evaluation.
 
 Rendering: sphere tracing from the pixel centres of :func:`iso3d.cameras.generate_rays`, Lambertian
 shading with a head light (``ambient + (1 − ambient)·max(0, n·v)``), white background, alpha = hit,
