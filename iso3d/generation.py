@@ -353,7 +353,7 @@ def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[in
 
 def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRenderer, token: torch.Tensor,
              alphas_cumprod: torch.Tensor, config: GenerateConfig, step: int, gen: torch.Generator,
-             *, unet=None, stats: dict | None = None) -> torch.Tensor:
+             *, unet=None, encode=None, stats: dict | None = None) -> torch.Tensor:
     """The loss of one SDS step (forward only; the caller runs backward and the optimizer).
 
     Renders ``batch × n_views`` views at the milestone's size (``[B·V, 3, s, s]``), maps them into the
@@ -361,6 +361,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     ``[1, 1, D]``) and unconditional (zero) batch in one call, and returns the x0-reconstruction
     loss plus the weighted orientation loss. ``gen`` drives every random choice. ``unet`` replaces
     ``model.unet`` for the (gradient-free) noise prediction, e.g. a :class:`CUDAGraphedForward` of it.
+    ``encode`` replaces ``model.encode_images``, e.g. :func:`~iso3d.models.latent_encoder.latent_encoder`'s.
     ``stats``, a dict, receives ``samples_per_ray``: how many samples the field was evaluated at per
     rendered ray after the occupancy grid and pruning (what a step's render cost scales with).
     """
@@ -386,7 +387,7 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     if size != target:
         rgb = torch.nn.functional.interpolate(rgb, (target, target), mode="bilinear", antialias=size > target,
                                               align_corners=False)
-    z = model.encode_images(rgb).float()
+    z = (encode or model.encode_images)(rgb).float()
     frames = z.shape[0]
     t = config.sds.timesteps.sample(step, gen)
     a = acp[t]

@@ -14,6 +14,10 @@
   times: a soft ball whose samples are never pruned, so a pessimistic stand-in for a whole run) and on
   a sharp-surfaced ball like a field a few hundred steps into a run (``FIELD_STATES``), so that a
   full-run estimate can be bracketed.
+* ``test_sds_step_vae_options``: the fastest step so far (sharp-surfaced field, CUDA-graphed UNet)
+  with the VAE encode sped up (``iso3d.models.latent_encoder``: cuDNN autotuning, channels-last,
+  ``torch.compile``), to see whether what ``benchmarks/models/bench_vae_encode.py`` saves survives in
+  a whole step.
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
   kind of normals, VAE encode + its backward eagerly and through ``torch.compile``, the UNet's CFG
   forward eagerly and from a CUDA graph), to see where the time goes.
@@ -29,6 +33,7 @@ per step on 2 cores), fp32, renders at the model's 32².
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -40,6 +45,7 @@ from iso3d.cameras import camera_embedding, generate_rays, sample_sds_views  # n
 from iso3d.generation import GenerateConfig, sds_step  # noqa: E402
 from iso3d.models.bundle import BundleConfig, MultiViewDiffusion  # noqa: E402
 from iso3d.models.cuda_graph import CUDAGraphedForward  # noqa: E402
+from iso3d.models.latent_encoder import cudnn_autotune, latent_encoder  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.nerf import ImplicitVolume, VolumeRenderer  # noqa: E402
 
@@ -116,7 +122,7 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     return cfg, fld, renderer
 
 
-def _training_step(model, cfg, fld, renderer, bench_device, unet=None):
+def _training_step(model, cfg, fld, renderer, bench_device, unet=None, encode=None):
     """One whole SDS step as a run takes it: loss (step 0's schedule), backward, AdamW update."""
     optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
     token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
@@ -124,7 +130,7 @@ def _training_step(model, cfg, fld, renderer, bench_device, unet=None):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet)
+        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet, encode=encode)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -268,3 +274,42 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
                                                   normals=cfg.field.normal_type if cfg.normals else "off"))
     if graphed is not None and bench_device.type == "cuda" and (graphed.disabled_reason or not graphed.replays):
         pytest.fail(f"unet_cfg_graphed timed eager calls: {graphed.disabled_reason or 'no replay'}")
+
+
+# (channels_last, cudnn_benchmark, compile) of the VAE encode (iso3d.models.latent_encoder)
+STEP_VAE_OPTIONS = {"plain": (False, False, False), "cudnn_benchmark": (False, True, False),
+                    "channels_last_cudnn_benchmark": (True, True, False), "compiled_vae": (False, False, True)}
+
+
+@pytest.mark.parametrize("option", list(STEP_VAE_OPTIONS))
+@pytest.mark.parametrize("stage", [64, 256])
+def test_sds_step_vae_options(run_bench, bench_device, smoke, model, stage, option):
+    """The surface-field step with the graphed UNet (GPU) and the VAE encode made faster, vs ``plain``.
+    On CPU the tiny model has no VAE: the options run as no-ops (the code path is checked, not timed)."""
+    on_gpu = bench_device.type == "cuda"
+    channels_last, cudnn_benchmark, compile = STEP_VAE_OPTIONS[option]
+    if compile and not on_gpu:
+        pytest.skip("compiled_vae: inductor takes about a minute on 2 CPU cores, and the CPU model has no VAE")
+    cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device,
+                                "optimized" if on_gpu else "naive", field_state="surface", prune=True, build_grid=True)
+    unet = CUDAGraphedForward(model.unet) if on_gpu else None
+    encode = latent_encoder(model, channels_last=channels_last, compile=compile)
+    step = _training_step(model, cfg, fld, renderer, bench_device, unet, encode)
+    size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
+    label = "official bf16" if on_gpu and not smoke else "tiny fp32"
+    try:
+        with cudnn_autotune(cudnn_benchmark):
+            start = time.perf_counter()
+            step()  # compiles / searches algorithms for this shape; a run pays it once per milestone
+            if on_gpu:
+                torch.cuda.synchronize(bench_device)
+            first = time.perf_counter() - start
+            run_bench(step, group=f"sds step vae options {label} {batch * cfg.views.n_views} views {size}^2 render",
+                      provider=option, baseline="plain", work=1, unit="steps/s", max_rounds=None if on_gpu else 3,
+                      extra=dict(model=label, render_size=size, field_state="surface", cuda_graph=unet is not None,
+                                 vae_channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, compiled_vae=compile,
+                                 first_call_s=round(first, 3)))
+        _fail_if_eager(unet)
+    finally:
+        if channels_last and model.vae is not None:
+            model.vae.to(memory_format=torch.contiguous_format)

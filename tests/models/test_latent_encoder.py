@@ -1,0 +1,86 @@
+"""latent_encoder (channels-last / compiled VAE encode) and cudnn_autotune against the plain encode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
+
+from iso3d.models.bundle import MultiViewDiffusion  # noqa: E402
+from iso3d.models.latent_encoder import cudnn_autotune, latent_encoder  # noqa: E402
+from iso3d.models.presets import tiny_bundle_config  # noqa: E402
+
+# the smallest AutoencoderKL that still has a downsampling block, GroupNorm and SiLU
+SMALL_VAE = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)
+
+
+class _LatentModel(torch.nn.Module):
+    """A bundle's VAE with the real ``MultiViewDiffusion.encode_images`` (all latent_encoder uses)."""
+
+    encode_images = MultiViewDiffusion.encode_images
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.vae = diffusers.AutoencoderKL(**SMALL_VAE).eval()
+        self.vae.requires_grad_(False)
+
+
+def _encode_and_grad(encode, x: torch.Tensor, seed: int = 3):
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the posterior sample draws noise
+    z = encode(x)
+    (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()  # a non-uniform upstream gradient
+    return z.detach(), x.grad
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (3, 3, 24, 40)])
+def test_channels_last_encode_matches_plain_values_and_gradients(shape):
+    model = _LatentModel()
+    x = torch.rand(shape)
+    z_ref, g_ref = _encode_and_grad(model.encode_images, x)
+    encode = latent_encoder(model, channels_last=True)
+    assert model.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    z, g = _encode_and_grad(encode, x)
+    assert z.shape == z_ref.shape == (shape[0], 4, shape[2] // 2, shape[3] // 2)
+    # fp32 convolutions summed in another order: a few ulps of the outputs' scale
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    assert g.abs().sum() > 0
+
+
+def test_compiled_encode_matches_plain_values_and_gradients():
+    model = _LatentModel()
+    x = torch.rand(2, 3, 16, 16)
+    encode = latent_encoder(model, compile=True)
+    # The compiled graph draws the posterior's noise from another generator, so silence the noise:
+    # log-variance channels set to −60 (diffusers clamps it to −30: std e^−15 ≈ 3e−7).
+    model.vae.quant_conv.weight.data[4:] = 0
+    model.vae.quant_conv.bias.data[4:] = -60.0
+    z_ref, g_ref = _encode_and_grad(model.encode_images, x)
+    z, g = _encode_and_grad(encode, x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pixel_space_model_ignores_options_and_bad_options_fail():
+    model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
+    x = torch.rand(2, 3, 16, 16)
+    for options in (dict(channels_last=True), dict(compile=True)):
+        assert torch.equal(latent_encoder(model, **options)(x), 2 * x - 1)
+    with pytest.raises(TypeError, match="channels_last and compile must be bools"):
+        latent_encoder(model, channels_last="yes")
+
+
+def test_cudnn_autotune_sets_and_restores_the_flag():
+    before = torch.backends.cudnn.benchmark
+    with cudnn_autotune():
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is before
+    with pytest.raises(RuntimeError):
+        with cudnn_autotune(not before):
+            assert torch.backends.cudnn.benchmark is (not before)
+            raise RuntimeError("inside")
+    assert torch.backends.cudnn.benchmark is before
