@@ -28,6 +28,10 @@
 # Eighth session: the VAE encode's speed-ups (iso3d.models.latent_encoder) alone (bench "vae", while
 # nerfacc compiles) and inside the fastest step (sds -k vae_options), then the trace:
 #   TRAIN=0 TESTS="" BENCHES="vae sds" SDS_LIMIT=220 SDS_K=vae_options TRACE=150 bash benchmarks/gpu_session.sh
+# (measured: RESULTS.md, eighth session; the trace puts a full run at 21.4 min, render-bound at ~18 ns per
+# sample). That call left nerfacc's build in $OUT; it is kept at runs/device/nerfacc_build.tgz on the
+# development machine: carry it and set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the
+# ~90 s build (untried: ninja rebuilds if the unpacked sources look newer than the objects).
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -114,7 +118,8 @@ MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientatio
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage1 --out $C --init $S1_BUNDLE $s2 > "$LOGS/train_control.log" 2>&1 &
   wait
 ) > "$LOGS/train.log" 2>&1
-say "training rc=$? $(grep -h 'steps, final loss' "$LOGS"/train*.log | tr '\n' ' ')"
+TRAIN_RC=$?
+[ "$TRAIN" = 1 ] && say "training rc=$TRAIN_RC $(grep -h 'steps, final loss' "$LOGS"/train*.log | tr '\n' ' ')"
 [ -n "$TESTS_PID" ] && wait $TESTS_PID
 [ -n "$TESTS" ] && say "tests: $(grep -E ' rc=|passed|failed|not run' "$LOGS/tests.log" | tr '\n' ' ')"
 for d in $R/encoder $R/stage1 $R/stage2 $D/stage2 $C/stage1; do

@@ -59,7 +59,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                      resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
-                     guidance_scale=args.guidance)
+                     guidance_scale=args.guidance, compile_vae=args.compile_vae)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SDS classifier-free guidance scale (default: the config's, the release's 10)")
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, on; --no-cuda-graph: eager)")
+    gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
+                     help="run the VAE encode through torch.compile (latent models; ~35 s of compiling per render "
+                          "size, then a 1.13x faster 64² step on an H100; default: the config's, off)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")

@@ -32,6 +32,7 @@ from iso3d.io import load_image, save_image_grid
 from iso3d.kernels.hash_grid import HashGridConfig
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.cuda_graph import CUDAGraphedForward
+from iso3d.models.latent_encoder import latent_encoder
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
@@ -72,6 +73,11 @@ class GenerateConfig:
     # instead of ~1000 for a launch-bound pass. Measured on an H100 (benchmarks/RESULTS.md): the
     # official step 1.19x faster at 64², 1.20x at 256², at the same peak memory. Ignored on the CPU.
     cuda_graph: bool = True
+    # Run the VAE encode (+ its backward) through torch.compile (iso3d.models.latent_encoder; latent
+    # bundles only). Measured on an H100 (benchmarks/RESULTS.md, eighth session): the official step
+    # 1.13x faster at 64² and 1.03x at 256², peak memory -26% / -8%, but each milestone's first step
+    # compiles for ~35 s, which a 10,000-step run does not earn back from a cold compiler cache: off.
+    compile_vae: bool = False
 
     def __post_init__(self):
         if self.steps < 1:
@@ -199,6 +205,7 @@ def generate(
     normals: str | None = None,
     cuda_graph: bool | None = None,
     guidance_scale: float | None = None,
+    compile_vae: bool | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -211,7 +218,8 @@ def generate(
     grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
     ``cuda_graph`` overrides ``config.cuda_graph`` (on a GPU, the UNet's forward replayed from a CUDA
     graph; ignored on the CPU). ``guidance_scale`` overrides the SDS classifier-free guidance
-    (``config.sds.guidance_scale``, the release's 10).
+    (``config.sds.guidance_scale``, the release's 10). ``compile_vae`` overrides ``config.compile_vae``
+    (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
@@ -233,6 +241,10 @@ def generate(
         if not isinstance(cuda_graph, bool):
             raise TypeError(f"cuda_graph must be True, False or None, got {cuda_graph!r}")
         config = dataclasses.replace(config, cuda_graph=cuda_graph)
+    if compile_vae is not None:
+        if not isinstance(compile_vae, bool):
+            raise TypeError(f"compile_vae must be True, False or None, got {compile_vae!r}")
+        config = dataclasses.replace(config, compile_vae=compile_vae)
     if normals is not None:
         normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",
@@ -249,6 +261,7 @@ def generate(
     ], betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
     acp = model.config.scheduler.alphas_cumprod(device)
     unet = CUDAGraphedForward(model.unet) if config.cuda_graph and device.type == "cuda" else model.unet
+    encode = latent_encoder(model, compile=config.compile_vae)
     out_dir = Path(out) if out is not None else None
     # Per-step records, kept in the checkpoint and run.json: the loss, the wall time and the samples
     # per ray (how the render cost falls as the field sharpens and pruning drops more samples).
@@ -286,7 +299,8 @@ def generate(
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
             step_start, stats = time.perf_counter(), {}
-            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet, stats=stats)
+            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet, encode=encode,
+                            stats=stats)
             if config.reference_loss_weight > 0:
                 loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
             if not math.isfinite(loss.item()):

@@ -117,7 +117,8 @@ def test_generate_cli(tmp_path):
 
     # No --model: the shipped iso3d-tiny.
     result = subprocess.run([sys.executable, "-m", "iso3d", "generate", EXAMPLE, "-o", str(tmp_path / "out"),
-                             "--steps", "2", "--device", "cpu", "--normals", "analytic", "--no-cuda-graph"],
+                             "--steps", "2", "--device", "cpu", "--normals", "analytic", "--no-cuda-graph",
+                             "--compile-vae"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
@@ -125,7 +126,7 @@ def test_generate_cli(tmp_path):
 
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["normals"] is True and config["field"]["normal_type"] == "analytic"
-    assert config["cuda_graph"] is False
+    assert config["cuda_graph"] is False and config["compile_vae"] is True
 
 
 @pytest.mark.parametrize("normals, normal_type", [("forward", "forward_difference"), ("analytic", "analytic")])
@@ -159,6 +160,16 @@ def test_cuda_graph_option_is_recorded_and_ignored_on_the_cpu(model):
     assert GenerateConfig.official().cuda_graph is True  # on since an H100 measured it (RESULTS.md)
     with pytest.raises(TypeError, match="cuda_graph must be True, False or None"):
         generate(EXAMPLE, model, config=_config(1), progress=False, cuda_graph="false")
+
+
+def test_compile_vae_option_is_recorded_and_a_no_op_for_pixel_models(model):
+    plain = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False)
+    compiled = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, compile_vae=True)
+    assert compiled.run["config"]["compile_vae"] is True and plain.run["config"]["compile_vae"] is False
+    assert compiled.run["losses"] == plain.run["losses"]  # iso3d-tiny has no VAE: nothing compiled
+    assert GenerateConfig.official().compile_vae is False  # ~35 s per milestone to compile (RESULTS.md)
+    with pytest.raises(TypeError, match="compile_vae must be True, False or None"):
+        generate(EXAMPLE, model, config=_config(1), progress=False, compile_vae=1)
 
 
 def test_guidance_scale_option_reaches_the_sds_loss(model):
