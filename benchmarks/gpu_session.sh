@@ -29,7 +29,8 @@
 # nerfacc compiles) and inside the fastest step (sds -k vae_options), then the trace:
 #   TRAIN=0 TESTS="" BENCHES="vae sds" SDS_LIMIT=220 SDS_K=vae_options TRACE=150 bash benchmarks/gpu_session.sh
 # (measured: RESULTS.md, eighth session; the trace puts a full run at 21.4 min, render-bound at ~18 ns per
-# sample). That call left nerfacc's build in $OUT; it is kept at runs/device/nerfacc_build.tgz on the
+# sample). Next: where the render's time goes, by the profiler, at both stages (about 3 minutes of run):
+#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" bash benchmarks/gpu_session.sh That call left nerfacc's build in $OUT; it is kept at runs/device/nerfacc_build.tgz on the
 # development machine: carry it and set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the
 # ~90 s build (untried: ninja rebuilds if the unpacked sources look newer than the objects).
 set -u
@@ -154,6 +155,16 @@ for b in $BENCHES; do
     hash_render) bench hash_render 45 benchmarks/kernels/bench_hash_grid.py benchmarks/nerf/bench_render.py ;;
   esac
 done
+
+# PROFILE="stages" (e.g. "64 256"; empty: off): torch.profiler's breakdown of the optimized step on the
+# blob and the surface field (benchmarks/generate/profile_sds_step.py): iso3d's ranges and top kernels.
+PROFILE=${PROFILE:-}
+if [ -n "$PROFILE" ]; then
+  timeout "${PROFILE_LIMIT:-150}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states blob surface \
+    --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
+  say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" .
+fi
 
 # TRACE=seconds (0: off): a real SDS trajectory on the official field, renderer and schedule (the GPU
 # defaults of iso3d generate) with the shipped iso3d-tiny as guidance, stopped by SIGINT after that

@@ -265,7 +265,7 @@ def generate(
     out_dir = Path(out) if out is not None else None
     # Per-step records, kept in the checkpoint and run.json: the loss, the wall time and the samples
     # per ray (how the render cost falls as the field sharpens and pruning drops more samples).
-    step, losses, step_seconds, samples_per_ray = 0, [], [], []
+    step, losses, step_seconds, samples_per_ray, marched_per_ray = 0, [], [], [], []
     if resume:
         if out_dir is None or not (out_dir / CHECKPOINT).exists():
             raise FileNotFoundError(f"resume: no {CHECKPOINT} in {out_dir}")
@@ -279,6 +279,7 @@ def generate(
             renderer.grid_ready = True
         step, losses = state["step"], state["losses"]
         step_seconds, samples_per_ray = state.get("step_seconds", []), state.get("samples_per_ray", [])
+        marched_per_ray = state.get("marched_per_ray", [])
 
     def save_checkpoint():
         if out_dir is None:
@@ -289,7 +290,7 @@ def generate(
         tmp = out_dir / (CHECKPOINT + ".tmp")
         torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": grid, "step": step,
                     "losses": losses, "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,
-                    "seed": seed}, tmp)
+                    "marched_per_ray": marched_per_ray, "seed": seed}, tmp)
         tmp.replace(out_dir / CHECKPOINT)
 
     start = time.time()
@@ -314,6 +315,7 @@ def generate(
             losses.append(round(loss.item(), 6))  # .item() waits for the GPU: the step's time below is whole
             step_seconds.append(round(time.perf_counter() - step_start, 5))
             samples_per_ray.append(round(stats["samples_per_ray"], 2))
+            marched_per_ray.append(round(stats["marched_per_ray"], 2))
             if step % config.grid_update_every == 0 or step == 1:
                 renderer.update_occupancy(fld, step, every=1)
             bar.update(1)
@@ -327,7 +329,8 @@ def generate(
         bar.close()
     run = {"seed": seed, "steps": step, "seconds": time.time() - start, "device": str(device),
            "config": dataclasses.asdict(config), "model": dataclasses.asdict(model.config), "losses": losses,
-           "step_seconds": step_seconds, "samples_per_ray": samples_per_ray, "versions": _versions()}
+           "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,
+           "marched_per_ray": marched_per_ray, "versions": _versions()}
     if isinstance(unet, CUDAGraphedForward):
         run["cuda_graph"] = {"replays": unet.replays, "graphs": len(unet.graphs), "disabled": unet.disabled_reason}
     asset = Asset(fld.eval(), renderer.eval(), config, run)
@@ -377,7 +380,9 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
     ``model.unet`` for the (gradient-free) noise prediction, e.g. a :class:`CUDAGraphedForward` of it.
     ``encode`` replaces ``model.encode_images``, e.g. :func:`~iso3d.models.latent_encoder.latent_encoder`'s.
     ``stats``, a dict, receives ``samples_per_ray``: how many samples the field was evaluated at per
-    rendered ray after the occupancy grid and pruning (what a step's render cost scales with).
+    rendered ray after the occupancy grid and pruning (with gradients: what a step's render cost
+    mostly scales with), and ``marched_per_ray``: how many the grid marched before pruning (their
+    density is evaluated once without gradients).
     """
     device, n_views, acp = alphas_cumprod.device, config.views.n_views, alphas_cumprod
     size, batch = milestone_at(config, step, model.config.image_size)
@@ -396,12 +401,14 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
                            ambient=0.1 + 0.2 * float(torch.rand((), generator=gen)))
     if stats is not None:
         stats["samples_per_ray"] = out.n_samples / rays_o[..., 0].numel()
+        stats["marched_per_ray"] = out.n_marched / rays_o[..., 0].numel()
     rgb = out.rgb.reshape(-1, size, size, 3).permute(0, 3, 1, 2)
     target = model.config.image_size
     if size != target:
         rgb = torch.nn.functional.interpolate(rgb, (target, target), mode="bilinear", antialias=size > target,
                                               align_corners=False)
-    z = (encode or model.encode_images)(rgb).float()
+    with torch.profiler.record_function("iso3d.sds.vae_encode"):
+        z = (encode or model.encode_images)(rgb).float()
     frames = z.shape[0]
     t = config.sds.timesteps.sample(step, gen)
     a = acp[t]
@@ -410,8 +417,9 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         x_t = a.sqrt() * z + (1 - a).sqrt() * noise
         cams = camera_embedding(views.elevation, views.azimuth, convention=model.config.camera_convention).to(device)
         context = torch.cat([token.expand(frames, -1, -1), torch.zeros_like(token).expand(frames, -1, -1)])
-        eps = (unet if unet is not None else model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device), context,
-                         torch.cat([cams, cams]), n_views=n_views)
+        with torch.profiler.record_function("iso3d.sds.unet"):
+            eps = (unet if unet is not None else model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device),
+                                                             context, torch.cat([cams, cams]), n_views=n_views)
     eps_c, eps_u = eps.float().chunk(2)
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,
                                   recon_std_rescale=config.sds.recon_std_rescale)

@@ -64,15 +64,19 @@ BASELINE = "optimized"  # the naive path does not fit a 141 GB GPU at the offici
 NORMALS = {"central_normals": "finite_difference", "forward_normals": "forward_difference"}  # else the config's
 
 
-@pytest.fixture(scope="module")
-def model(bench_device, request):
-    smoke = request.config.getoption("--smoke")
-    if bench_device.type == "cuda" and not smoke:
-        with torch.device(bench_device):  # random init on the GPU: seconds instead of a minute
+def build_model(device: torch.device, smoke: bool) -> MultiViewDiffusion:
+    """The official model at random weights in bf16 on a GPU; iso3d-tiny's architecture on CPU (or --smoke)."""
+    if device.type == "cuda" and not smoke:
+        with torch.device(device):  # random init on the GPU: seconds instead of a minute
             m = MultiViewDiffusion(BundleConfig.official(), seed=0)
         return m.to(torch.bfloat16).eval()
     size = 16 if smoke else 32
-    return MultiViewDiffusion(tiny_bundle_config(image_size=size, width=16 if smoke else 32), seed=0).to(bench_device).eval()
+    return MultiViewDiffusion(tiny_bundle_config(image_size=size, width=16 if smoke else 32), seed=0).to(device).eval()
+
+
+@pytest.fixture(scope="module")
+def model(bench_device, request):
+    return build_model(bench_device, request.config.getoption("--smoke"))
 
 
 def _config(bench_device, smoke, stage: int) -> GenerateConfig:
@@ -193,7 +197,8 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
         views = sample_sds_views(cfg.views, batch=cfg.milestones[0][2], generator=torch.Generator().manual_seed(0))
         size = cfg.milestones[0][1] or model.config.image_size
         rays_o, rays_d = generate_rays(views.c2w.to(bench_device), views.fovy.to(bench_device), size, size)
-        samples.append(renderer.eval()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)).n_samples)
+        probe = renderer.eval()(fld, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
+        samples += [probe.n_samples, probe.n_marched]
     frames = cfg.milestones[0][2] * cfg.views.n_views
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     try:
@@ -203,7 +208,9 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
                   extra=dict(model=label, render_size=size, views=frames, field_state=field_state, cuda_graph=graphed,
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
-                             note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray)"))
+                             samples_marched=samples[1],
+                             note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray) "
+                                  f"of {samples[1]} marched ({samples[1] / rays_o[..., 0].numel():.1f})"))
         _fail_if_eager(unet)
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()

@@ -77,7 +77,8 @@ class RenderOutput:
     depth: torch.Tensor  # [R, 1] expected termination distance (Σ w t), 0 where empty
     normal: torch.Tensor | None  # [R, 3] Σ w n (None when not computed)
     orientation_loss: torch.Tensor  # [] Σ w·max(0, n·d)² / #(opacity > 0), 0 without normals
-    n_samples: int  # samples where the field was evaluated
+    n_samples: int  # samples where the field was evaluated (with gradients, after pruning)
+    n_marched: int = 0  # samples the grid marched before pruning (their density is evaluated without gradients)
 
 
 def ray_aabb_intersect(
@@ -185,10 +186,12 @@ class VolumeRenderer(nn.Module):
             raise ValueError(f"light_positions must be [R, 3] like the rays, got {tuple(light_positions.shape)}")
         stratified = self.training if stratified is None else stratified
         with_normals = (shading != "albedo") if with_normals is None else with_normals
-        if self._sampler(rays_o.device) == "nerfacc":
-            samples = self._packed_samples(field, rays_o, rays_d, use_grid, stratified)
-        else:
-            samples = self._dense_samples(field, rays_o, rays_d, use_grid, stratified, generator)
+        # The named ranges show up in torch.profiler (benchmarks/generate/profile_sds_step.py).
+        with torch.profiler.record_function("iso3d.render.march_and_prune"):
+            if self._sampler(rays_o.device) == "nerfacc":
+                samples = self._packed_samples(field, rays_o, rays_d, use_grid, stratified)
+            else:
+                samples = self._dense_samples(field, rays_o, rays_d, use_grid, stratified, generator)
         return self._composite(field, rays_o, rays_d, samples, shading, light_positions, ambient, with_normals)
 
     def _dense_samples(self, field, rays_o, rays_d, use_grid, stratified, generator):
@@ -205,9 +208,11 @@ class VolumeRenderer(nn.Module):
             valid = valid & self.occupied(mid)
         t_ends = torch.where(valid, t_ends, t_starts)  # zero-length slots contribute nothing
         ray_idx, slot_idx = valid.nonzero(as_tuple=True)
+        n_marched = ray_idx.numel()
         if cfg.prunes and ray_idx.numel():
             ray_idx, slot_idx = self._visible_dense(field, rays_o, rays_d, t_starts, t_ends, ray_idx, slot_idx)
-        return dict(kind="dense", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx, slot_idx=slot_idx)
+        return dict(kind="dense", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx, slot_idx=slot_idx,
+                    n_marched=n_marched)
 
     @torch.no_grad()
     def _visible_dense(self, field, rays_o, rays_d, t_starts, t_ends, ray_idx, slot_idx):
@@ -233,8 +238,10 @@ class VolumeRenderer(nn.Module):
             saved = estimator.binaries.clone()
             estimator.binaries.fill_(True)
         cfg = self.config
+        marched = []
 
         def sigma_fn(t_starts, t_ends, ray_indices):  # [N] each -> [N]; nerfacc calls it once per render
+            marched.append(t_starts.numel())
             mid = (t_starts + t_ends)[:, None] / 2
             return field.density(rays_o[ray_indices] + rays_d[ray_indices] * mid).to(t_starts.dtype)
 
@@ -248,14 +255,13 @@ class VolumeRenderer(nn.Module):
         finally:
             if saved is not None:
                 estimator.binaries.copy_(saved)
+        n_marched = sum(marched) if marched else ray_idx.numel()  # without pruning nerfacc calls no sigma_fn
         if ray_idx.numel() == 0:  # nothing left to render: one zero-length sample keeps the shapes valid
             ray_idx = torch.zeros(1, dtype=ray_idx.dtype, device=ray_idx.device)
             t_starts = t_ends = torch.zeros(1, dtype=rays_o.dtype, device=rays_o.device)
-        return dict(kind="packed", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx.long())
+        return dict(kind="packed", t_starts=t_starts, t_ends=t_ends, ray_idx=ray_idx.long(), n_marched=n_marched)
 
     def _composite(self, field, rays_o, rays_d, s, shading, light_positions, ambient, with_normals):
-        nerfacc = require("nerfacc", "iso3d's renderer")
-        n_rays = rays_o.shape[0]
         ray_idx = s["ray_idx"]
         if s["kind"] == "dense":
             t_starts = s["t_starts"][ray_idx, s["slot_idx"]]
@@ -265,7 +271,16 @@ class VolumeRenderer(nn.Module):
         t_mid = (t_starts + t_ends) / 2
         dirs = rays_d[ray_idx]
         points = rays_o[ray_idx] + dirs * t_mid[:, None]
-        out = field(points, with_normals=with_normals)
+        with torch.profiler.record_function("iso3d.render.field"):
+            out = field(points, with_normals=with_normals)
+        with torch.profiler.record_function("iso3d.render.composite"):
+            return self._accumulate(rays_o, s, t_starts, t_ends, t_mid, dirs, points, out, shading, light_positions,
+                                    ambient)
+
+    def _accumulate(self, rays_o, s, t_starts, t_ends, t_mid, dirs, points, out, shading, light_positions, ambient):
+        """Shade the evaluated samples and integrate them along their rays (nerfacc's quadrature)."""
+        nerfacc = require("nerfacc", "iso3d's renderer")
+        n_rays, ray_idx = rays_o.shape[0], s["ray_idx"]
         lights = light_positions[ray_idx] if light_positions is not None else None
         color = shade(out.albedo, out.normal, points, lights, mode=shading, ambient=ambient)
 
@@ -291,4 +306,4 @@ class VolumeRenderer(nn.Module):
             normal = accumulate(out.normal)
             facing = (out.normal * dirs).sum(-1).clamp(min=0.0) ** 2
             orient = (weights.detach() * facing).sum() / (opacity > 0).sum().clamp(min=1)
-        return RenderOutput(rgb, opacity, depth, normal, orient, int(t_mid.shape[0]))
+        return RenderOutput(rgb, opacity, depth, normal, orient, int(t_mid.shape[0]), int(s["n_marched"]))

@@ -48,6 +48,9 @@ def test_short_run_writes_every_output(model, tmp_path):
     assert len(run["step_seconds"]) == len(run["samples_per_ray"]) == 4
     assert all(t > 0 for t in run["step_seconds"]) and sum(run["step_seconds"]) <= run["seconds"]
     assert all(0 < n <= asset.config.renderer.num_samples_per_ray for n in run["samples_per_ray"])
+    # pruning only removes samples from those the grid marched
+    assert len(run["marched_per_ray"]) == 4
+    assert all(k <= m <= asset.config.renderer.num_samples_per_ray for k, m in zip(run["samples_per_ray"], run["marched_per_ray"]))
     # After 4 steps the blob-initialized field (density up to ~softplus(10)) has a surface above 25 or
     # not; either way run.json must say which, and a mesh that exists must be on disk in all formats.
     if "vertices" in run["mesh"]:
@@ -77,6 +80,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch)
     resumed = generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, resume=True, progress=False)
     assert resumed.run["losses"] == straight.run["losses"]
     assert resumed.run["samples_per_ray"] == straight.run["samples_per_ray"]  # the records survive the resume
+    assert resumed.run["marched_per_ray"] == straight.run["marched_per_ray"]
     assert len(resumed.run["step_seconds"]) == 6
     for (name, a), b in zip(straight.field.state_dict().items(), resumed.field.state_dict().values()):
         assert torch.equal(a, b), name

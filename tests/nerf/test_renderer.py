@@ -147,6 +147,8 @@ def test_pruning_follows_the_release_rule(field_name, grid_updated):
     full = VolumeRenderer(RendererConfig(num_samples_per_ray=256, prune_alpha_threshold=0, early_stop_eps=0)).eval()(
         field, rays_o, rays_d, use_grid=False)
     assert pruned.n_samples < full.n_samples
+    # pruning evaluates the density at every marched sample and keeps a subset; without it, all are kept
+    assert pruned.n_marched == full.n_marched == full.n_samples
     if field_name == "spheres":  # σ·δ = 0.4 inside, 0 outside: only empty and hidden (T < 1e-4) samples go
         if grid_updated:  # empty space (α = 0) goes only once the α threshold is positive
             assert pruned.n_samples < 0.5 * full.n_samples
@@ -161,6 +163,7 @@ def test_packed_and_dense_samplers_agree_on_cuda():
         field, rays_o, rays_d, use_grid=False) for s in ("nerfacc", "dense")}
     # nerfacc marches from the same t_near with the same step; fp32 sums in another order.
     assert abs(outs["nerfacc"].n_samples - outs["dense"].n_samples) <= 0.01 * outs["dense"].n_samples
+    assert abs(outs["nerfacc"].n_marched - outs["dense"].n_marched) <= 0.01 * outs["dense"].n_marched
     assert (outs["nerfacc"].rgb - outs["dense"].rgb).abs().max() <= 1e-2
     assert (outs["nerfacc"].opacity - outs["dense"].opacity).abs().mean() <= 1e-3
 
