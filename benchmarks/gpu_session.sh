@@ -30,9 +30,11 @@
 #   TRAIN=0 TESTS="" BENCHES="vae sds" SDS_LIMIT=220 SDS_K=vae_options TRACE=150 bash benchmarks/gpu_session.sh
 # (measured: RESULTS.md, eighth session; the trace puts a full run at 21.4 min, render-bound at ~18 ns per
 # sample). Next: where the render's time goes, by the profiler, at both stages (about 3 minutes of run):
-#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" bash benchmarks/gpu_session.sh That call left nerfacc's build in $OUT; it is kept at runs/device/nerfacc_build.tgz on the
-# development machine: carry it and set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the
-# ~90 s build (untried: ninja rebuilds if the unpacked sources look newer than the objects).
+#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" bash benchmarks/gpu_session.sh
+# Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
+# kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
+# set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
+# rebuilds if the unpacked sources look newer than the objects, and it only fits the same torch/CUDA).
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -58,7 +60,9 @@ say "$(tail -1 "$LOGS/gpu.txt")"
 # nerfacc compiles its CUDA extension on first use: start it now, on the CPU, while the GPU works.
 # NERFACC_BUILD: a nerfacc_build.tgz that an earlier call left in $OUT (carry it): unpacked first,
 # so that the build finds its objects up to date (if torch and nerfacc are the same versions).
-EXT_DIR=$HOME/.cache/torch_extensions/py312_cu130
+# torch's JIT-extension folder, as torch.utils.cpp_extension names it (py312_cu130 on the GPU image)
+EXT_DIR=$(python3 -c "import os; from torch.utils.cpp_extension import _get_build_directory as d
+print(os.path.dirname(d('nerfacc_cuda', False)))" 2>/dev/null || echo "$HOME/.cache/torch_extensions/py312_cu130")
 NERFACC_BUILD=${NERFACC_BUILD:-}
 [ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" && say "unpacked $NERFACC_BUILD"
 (timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &
@@ -146,7 +150,11 @@ wait $SELFTEST; say "selftest: $(tail -4 "$LOGS/selftest.log" | tr '\n' ' ')"
 case " $BENCHES " in *" vae "*) bench vae "${VAE_LIMIT:-140}" benchmarks/models/bench_vae_encode.py ;; esac
 wait $NERFACC; say "nerfacc: $(tail -1 "$LOGS/nerfacc_build.log")"
 # Keep nerfacc's build (~90 s of a lease) for a later call to carry: see NERFACC_BUILD above.
-[ -d "$EXT_DIR/nerfacc_cuda" ] && [ ! -f "$OUT/nerfacc_build.tgz" ] && tar czf "$OUT/nerfacc_build.tgz" -C "$EXT_DIR" nerfacc_cuda
+if [ -f "$EXT_DIR/nerfacc_cuda/nerfacc_cuda.so" ]; then
+  [ -f "$OUT/nerfacc_build.tgz" ] || tar czf "$OUT/nerfacc_build.tgz" -C "$EXT_DIR" nerfacc_cuda
+else
+  say "no nerfacc build found in $EXT_DIR (not kept)"
+fi
 for b in $BENCHES; do
   case $b in
     mv_attention) bench mv_attention 80 benchmarks/kernels/bench_mv_attention.py ;;
@@ -160,7 +168,7 @@ done
 # blob and the surface field (benchmarks/generate/profile_sds_step.py): iso3d's ranges and top kernels.
 PROFILE=${PROFILE:-}
 if [ -n "$PROFILE" ]; then
-  timeout "${PROFILE_LIMIT:-150}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states blob surface \
+  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states blob surface \
     --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
   say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .

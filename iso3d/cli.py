@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, on; --no-cuda-graph: eager)")
     gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
-                     help="run the VAE encode through torch.compile (latent models; ~35 s of compiling per render "
-                          "size, then a 1.13x faster 64² step on an H100; default: the config's, off)")
+                     help="run the VAE encode through torch.compile (latent models; a faster step after a compile "
+                          "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")

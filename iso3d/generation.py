@@ -75,8 +75,9 @@ class GenerateConfig:
     cuda_graph: bool = True
     # Run the VAE encode (+ its backward) through torch.compile (iso3d.models.latent_encoder; latent
     # bundles only). Measured on an H100 (benchmarks/RESULTS.md, eighth session): the official step
-    # 1.13x faster at 64² and 1.03x at 256², peak memory -26% / -8%, but each milestone's first step
-    # compiles for ~35 s, which a 10,000-step run does not earn back from a cold compiler cache: off.
+    # 1.13x faster at 64² and 1.03x at 256² (the VAE alone: 1.20x and 1.06x), peak memory -26% / -8%;
+    # but each batch size (one per milestone) compiles for ~35 s from a cold cache, about what a
+    # 10,000-step run saves (28-56 s): off.
     compile_vae: bool = False
 
     def __post_init__(self):
@@ -279,7 +280,8 @@ def generate(
             renderer.grid_ready = True
         step, losses = state["step"], state["losses"]
         step_seconds, samples_per_ray = state.get("step_seconds", []), state.get("samples_per_ray", [])
-        marched_per_ray = state.get("marched_per_ray", [])
+        # checkpoints older than this record: unknown (None) for their steps, so index i stays step i
+        marched_per_ray = state.get("marched_per_ray", [None] * len(samples_per_ray))
 
     def save_checkpoint():
         if out_dir is None:

@@ -126,18 +126,54 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     return cfg, fld, renderer
 
 
-def _training_step(model, cfg, fld, renderer, bench_device, unet=None, encode=None):
-    """One whole SDS step as a run takes it: loss (step 0's schedule), backward, AdamW update."""
+class _Mark:
+    """A point in a step's timeline: a CUDA event on a GPU (stream order, so the backward's kernels
+    count too, though autograd launches them from its own thread), a host clock on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.event = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+        self.time = 0.0
+
+    def record(self):
+        if self.event is not None:
+            self.event.record()
+        else:
+            self.time = time.perf_counter()
+
+    def ms_until(self, later: "_Mark") -> float:  # after a synchronize
+        return self.event.elapsed_time(later.event) if self.event is not None else (later.time - self.time) * 1e3
+
+
+def _training_step(model, cfg, fld, renderer, bench_device, unet=None, encode=None, stats=None, phases=None):
+    """One whole SDS step as a run takes it: loss (step 0's schedule), backward, AdamW update.
+
+    ``stats`` (a dict) receives ``sds_step``'s sample counts; ``phases`` (a list) receives, per call,
+    the four :class:`_Mark` s around the forward, the backward and the optimizer step.
+    """
     optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
     token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=bench_device)
     acp = model.config.scheduler.alphas_cumprod(bench_device)
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet, encode=encode)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+        marks = [_Mark(bench_device) for _ in range(4)] if phases is not None else []
+
+        def mark(i: int):
+            if marks:
+                marks[i].record()
+
+        mark(0)
+        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet, encode=encode, stats=stats)
+        mark(1)
+        with torch.profiler.record_function("backward"):
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+        mark(2)
+        with torch.profiler.record_function("optimizer"):
+            optim.step()
+        mark(3)
+        if marks:
+            phases.append(marks)
 
     return step
 

@@ -2,11 +2,12 @@
 
 The step is ``bench_sds_step``'s (same model, config, field states and optimizer), so the profile
 explains its timings. For each render stage and field state this prints the samples per ray the grid
-marched and the field evaluated after pruning, the step's median wall time, the device time inside
-iso3d's ranges (``iso3d.render.march_and_prune``, ``iso3d.render.field``, ``iso3d.render.composite``,
-``iso3d.sds.vae_encode``, ``iso3d.sds.unet``, and this script's ``backward`` and ``optimizer``),
-and the operators with the most device time, forward and backward. Profiling adds overhead to the
-wall time; the benchmarks, not this, give the timings.
+marched and the field evaluated after pruning; the forward / backward / optimizer split of the step
+(CUDA events: autograd launches the backward's kernels from its own thread, where the profiler's
+ranges do not see them); the device time inside the forward's ranges (``iso3d.render.march_and_prune``,
+``iso3d.render.field``, ``iso3d.render.composite``, ``iso3d.sds.vae_encode``, ``iso3d.sds.unet``);
+and the kernels with the most device time, forward and backward. Profiling adds overhead; the
+benchmarks, not this, give the timings.
 
 Usage (repository root; a GPU profiles the official model, the CPU the tiny one, to check the script)::
 
@@ -18,12 +19,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from iso3d.generation import sds_step
 from iso3d.utils.torchvision_compat import patch_torchvision_if_needed
 
 patch_torchvision_if_needed()  # before bench_sds_step imports open_clip (as benchmarks/conftest.py does)
@@ -32,8 +31,9 @@ import bench_sds_step as bench  # noqa: E402  (its setup: one source of truth fo
 
 from iso3d.models.cuda_graph import CUDAGraphedForward  # noqa: E402
 
+# forward ranges, by the profiler (their kernels are launched from the calling thread)
 RANGES = ("iso3d.render.march_and_prune", "iso3d.render.field", "iso3d.render.composite", "iso3d.sds.vae_encode",
-          "iso3d.sds.unet", "backward", "optimizer")
+          "iso3d.sds.unet")
 
 
 def _device_us(event, own: bool = False) -> float:
@@ -53,52 +53,44 @@ def profile(model, device: torch.device, stage: int, field_state: str, steps: in
                                       "optimized" if on_gpu else "naive", field_state=field_state, prune=True,
                                       build_grid=True)
     unet = CUDAGraphedForward(model.unet) if on_gpu else None
-    optim = torch.optim.AdamW(fld.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-15)
-    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, device=device)
-    acp = model.config.scheduler.alphas_cumprod(device)
-    gen = torch.Generator().manual_seed(0)
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    stats: dict = {}
-
-    def step():
-        loss = sds_step(model, fld, renderer, token, acp, cfg, 0, gen, unet=unet, stats=stats)
-        with torch.profiler.record_function("backward"):
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-        with torch.profiler.record_function("optimizer"):
-            optim.step()
-
+    stats, phases = {}, []
+    step = bench._training_step(model, cfg, fld, renderer, device, unet, stats=stats, phases=phases)
     for _ in range(warmup):  # graph capture, autotuning, allocator warm-up
         step()
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     sync()
+    phases.clear()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-    walls, kept, marched = [], [], []
+    kept, marched = [], []
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
-            start = time.perf_counter()
             step()
-            sync()
-            walls.append(time.perf_counter() - start)
             kept.append(stats["samples_per_ray"])
             marched.append(stats["marched_per_ray"])
-    events = prof.key_averages()
+        sync()
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
-    lines = [f"== stage {size}^2, {batch * cfg.views.n_views} views, field {field_state}: "
-             f"samples/ray marched {statistics.mean(marched):.1f}, kept {statistics.mean(kept):.1f}; "
-             f"step median {statistics.median(walls) * 1e3:.1f} ms under the profiler ({steps} steps)"]
+    split = {name: statistics.median([m[i].ms_until(m[i + 1]) for m in phases])
+             for i, name in enumerate(("forward", "backward", "optimizer"))}
+    lines = [f"== stage {size}^2, {batch * cfg.views.n_views} views, field {field_state}: samples/ray marched "
+             f"{statistics.mean(marched):.1f}, kept {statistics.mean(kept):.1f}; step under the profiler, median of "
+             f"{steps}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items())]
+    events = prof.key_averages()
     by_key = {e.key: e for e in events}
-    total = sum(_device_us(by_key[r]) for r in RANGES if r in by_key)
     unit = "device" if on_gpu else "CPU"
-    lines.append(f"{unit} time per step in iso3d's ranges:")
+    lines.append(f"{unit} time per step in the forward's ranges:")
     for r in RANGES:
         if r in by_key:
-            us = _device_us(by_key[r]) / steps
-            lines.append(f"  {r:32s} {us / 1e3:9.2f} ms  {100 * us * steps / max(total, 1e-9):5.1f} %")
-    ops = sorted((e for e in events if e.key not in RANGES and not e.key.startswith("iso3d.")),
-                 key=lambda e: _device_us(e, own=True), reverse=True)[:top]
-    lines.append(f"top {top} operators and kernels by their own {unit} time per step (calls per step):")
-    for e in ops:
-        lines.append(f"  {_device_us(e, own=True) / steps / 1e3:9.2f} ms  {e.count / steps:6.1f}x  {e.key[:110]}")
+            lines.append(f"  {r:32s} {_device_us(by_key[r]) / steps / 1e3:9.2f} ms")
+    if on_gpu:  # kernels only: each appears once, under its own name (operators would count it again)
+        rows = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        rows = [e for e in events if e.key not in RANGES and e.key not in ("backward", "optimizer")]
+    rows = sorted(rows, key=lambda e: _device_us(e, own=True), reverse=True)[:top]
+    total = sum(_device_us(e, own=True) for e in rows) or 1.0
+    lines.append(f"top {top} {'kernels' if on_gpu else 'operators'} by their own {unit} time per step (calls per step, share of these rows):")
+    for e in rows:
+        us = _device_us(e, own=True)
+        lines.append(f"  {us / steps / 1e3:9.2f} ms  {e.count / steps:6.1f}x  {100 * us / total:5.1f} %  {e.key[:100]}")
     return "\n".join(lines)
 
 
@@ -117,13 +109,14 @@ def main(argv=None) -> int:
     model = bench.build_model(device, smoke=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (tiny model)"
     reports = [f"device {name}, torch {torch.__version__}"]
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
     for stage in args.stages:
         for state in args.field_states:
             reports.append(profile(model, device, stage, state, args.steps, args.warmup, args.top))
             print(reports[-1], flush=True)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "profile.txt").write_text("\n\n".join(reports) + "\n")
+            if args.out is not None:  # after each: a run cut off by its time limit keeps what it has
+                (args.out / "profile.txt").write_text("\n\n".join(reports) + "\n")
     return 0
 
 

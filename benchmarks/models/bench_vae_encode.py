@@ -8,10 +8,10 @@ Variants (``iso3d.models.latent_encoder``), side by side against ``eager``:
 * ``compiled``: ``torch.compile(dynamic=False)`` (inductor fuses GroupNorm + SiLU); the first call,
   which compiles, is timed apart (``first_call_s``): a run pays it once per render-size milestone.
 
-On a GPU: the official (Stable Diffusion) VAE at random weights in bf16, 256² images, 8 of them
-(the 64² stage: 2 objects × 4 views resized to 256²) and 4 (the 256² stage). On CPU a small
-``AutoencoderKL`` in fp32 (the same code, checked, not timed for the GPU), without ``compiled``
-(inductor takes a minute on 2 cores).
+On a GPU: the official bundle's (Stable Diffusion) VAE at random weights in bf16, 256² images, 8 of
+them (the 64² stage: 2 objects × 4 views resized to 256²) and 4 (the 256² stage). On CPU the small
+VAE of :func:`~iso3d.models.presets.tiny_latent_bundle_config` in fp32 (the same code, checked, not
+timed for the GPU), without ``compiled`` (inductor takes a minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import time
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
+pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
 
-from iso3d.models.bundle import SD_VAE_CONFIG, MultiViewDiffusion  # noqa: E402
+from iso3d.models.bundle import BundleConfig, MultiViewDiffusion  # noqa: E402
 from iso3d.models.latent_encoder import cudnn_autotune, latent_encoder  # noqa: E402
+from iso3d.models.presets import tiny_latent_bundle_config  # noqa: E402
 
 VARIANTS = {  # name: (channels_last, cudnn_benchmark, compile)
     "eager": (False, False, False),
@@ -33,27 +34,14 @@ VARIANTS = {  # name: (channels_last, cudnn_benchmark, compile)
     "channels_last_cudnn_benchmark": (True, True, False),
     "compiled": (False, False, True),
 }
-SMALL_VAE = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                 up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, layers_per_block=1)
-
-
-class _LatentModel(torch.nn.Module):
-    """What ``latent_encoder`` uses of a bundle: its VAE and ``MultiViewDiffusion.encode_images``."""
-
-    encode_images = MultiViewDiffusion.encode_images
-
-    def __init__(self, vae_config: dict):
-        super().__init__()
-        self.vae = diffusers.AutoencoderKL(**vae_config)
-        self.vae.requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
 def vae_model(bench_device, request):
     if bench_device.type == "cuda" and not request.config.getoption("--smoke"):
-        with torch.device(bench_device):
-            return _LatentModel(SD_VAE_CONFIG).to(torch.bfloat16).eval()
-    return _LatentModel(SMALL_VAE).to(bench_device).eval()
+        with torch.device(bench_device):  # random init on the GPU: seconds
+            return MultiViewDiffusion(BundleConfig.official(), seed=0).to(torch.bfloat16).eval()
+    return MultiViewDiffusion(tiny_latent_bundle_config(), seed=0).to(bench_device).eval()
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -78,7 +66,7 @@ def test_vae_encode(run_bench, bench_device, smoke, vae_model, images, variant):
             if bench_device.type == "cuda":
                 torch.cuda.synchronize(bench_device)
             first = time.perf_counter() - start
-            label = "official bf16" if on_gpu else "small fp32"
+            label = "official bf16" if on_gpu else "tiny latent fp32"
             run_bench(fn, group=f"vae encode+backward {label} {images}x{size}^2", provider=variant, baseline="eager",
                       work=images, unit="images/s",
                       extra=dict(images=images, size=size, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,

@@ -6,7 +6,8 @@ Unlike the UNet's forward this time grows with the batch, so it is bound by arit
 launches, and a CUDA graph would not pay. What can pay is faster convolutions: the NHWC layout that
 cuDNN's bf16 tensor-core kernels prefer, cuDNN's autotuned algorithm choice for the fixed shapes of
 a run, or inductor's fusion of the GroupNorm + SiLU pairs. ``benchmarks/models/bench_vae_encode.py``
-times each; :class:`~iso3d.generation.GenerateConfig` turns on only what was measured to pay.
+times each (benchmarks/RESULTS.md): only the compile pays, and since its compile time is about what
+it saves over a run, :class:`~iso3d.generation.GenerateConfig` offers it as ``compile_vae``, off.
 
 Example (iso3d-tiny works in pixel space, so every option leaves ``x ↦ 2x − 1``)::
 
@@ -38,8 +39,9 @@ def latent_encoder(model, *, channels_last: bool = False, compile: bool = False)
         model: a :class:`~iso3d.models.bundle.MultiViewDiffusion`.
         channels_last: convert the VAE's weights to ``torch.channels_last`` **in place** and feed it
             channels-last images (NHWC); the values are unchanged up to the convolutions' rounding.
-        compile: wrap the encode in ``torch.compile(dynamic=False)``: each new input shape (one per
-            render-size milestone) compiles once, on its first call (tens of seconds on a GPU).
+        compile: wrap the encode in ``torch.compile(dynamic=False)``: each new input shape compiles
+            once, on its first call (~35 s on an H100). In SDS the images are always resized to the
+            model's size, so the shapes differ by batch: 8 images in the 64² stage, 4 in the 256² one.
 
     Models without a VAE (pixel space, iso3d-tiny) have nothing to speed up: the options are ignored.
     """
@@ -64,8 +66,10 @@ def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
     """Within the block, let cuDNN time its convolution algorithms for each new shape and keep the
     fastest (``torch.backends.cudnn.benchmark``); the previous setting is restored on exit.
 
-    An SDS run has two input shapes per convolution (one per render-size milestone), so the search
-    happens twice per run. No effect on the CPU.
+    An SDS run has two input shapes per convolution (8 and 4 images, one per render-size milestone),
+    so the search happens twice per run. Measured on an H100, it does not pay for the official VAE
+    (cuDNN's default choice was already the fastest), so nothing in ``generate`` uses it. No effect
+    on the CPU.
     """
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = bool(enabled)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .bundle import BundleConfig
 from .image_encoder import ImageEncoderConfig
 from .unet import MultiViewUNetConfig
 
-__all__ = ["official_bundle_config", "tiny_bundle_config"]
+__all__ = ["official_bundle_config", "tiny_bundle_config", "tiny_latent_bundle_config"]
 
 
 def official_bundle_config() -> BundleConfig:
@@ -47,3 +49,21 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
     # measured on iso3d-tiny, MODEL_CARD.md). The sampler's default only: SDS keeps SDSConfig's CFG.
     return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size,
                         sampling_eta=1.0, sampling_init_mean=1.0, guidance_scale=3.0)
+
+
+def tiny_latent_bundle_config(image_size: int = 32, width: int = 16) -> BundleConfig:
+    """iso3d-tiny's architecture on the latents of a small two-level ``AutoencoderKL`` (4 channels,
+    ``image_size / 2`` per side): the latent-space code paths (the VAE encode in SDS, its speed-ups in
+    :mod:`iso3d.models.latent_encoder`) at CPU-test size. Random weights; nothing is trained in it.
+
+    Example:
+        >>> cfg = tiny_latent_bundle_config()
+        >>> cfg.unet.in_channels, cfg.unet.sample_size, cfg.vae["block_out_channels"]
+        (4, 16, (16, 32))
+    """
+    pixel = tiny_bundle_config(image_size=image_size, width=width)
+    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+               latent_channels=4, norm_num_groups=8, sample_size=image_size, scaling_factor=0.18215)
+    unet = dataclasses.replace(pixel.unet, sample_size=image_size // 2, in_channels=4, out_channels=4)
+    return dataclasses.replace(pixel, unet=unet, vae=vae, sampling_eta=0.0, sampling_init_mean=0.0)

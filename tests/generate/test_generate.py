@@ -166,9 +166,32 @@ def test_cuda_graph_option_is_recorded_and_ignored_on_the_cpu(model):
         generate(EXAMPLE, model, config=_config(1), progress=False, cuda_graph="false")
 
 
-def test_compile_vae_option_is_recorded_and_a_no_op_for_pixel_models(model):
+def test_resume_from_a_checkpoint_without_marched_records_keeps_steps_aligned(model, tmp_path):
+    generate(EXAMPLE, model, config=_config(3), seed=0, out=tmp_path, progress=False)  # checkpoints at step 3
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["marched_per_ray"]  # as written before the record existed
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = generate(EXAMPLE, model, config=_config(5), seed=0, out=tmp_path, resume=True, progress=False)
+    marched = resumed.run["marched_per_ray"]
+    assert len(marched) == len(resumed.run["samples_per_ray"]) == 5
+    assert marched[:3] == [None] * 3 and all(m is not None and m > 0 for m in marched[3:])
+
+
+def test_compile_vae_option_reaches_the_encoder_and_is_a_no_op_for_pixel_models(model, monkeypatch):
+    import iso3d.generation as g
+
+    requested, encodes, real = [], [], g.latent_encoder
+
+    def spy(m, **options):  # what generate asks for, and a wrapper that counts the encodes it makes
+        requested.append(options)
+        encode = real(m, **options)
+        return lambda images: (encodes.append(images.shape[0]), encode(images))[1]
+
+    monkeypatch.setattr(g, "latent_encoder", spy)
     plain = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False)
     compiled = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, compile_vae=True)
+    assert requested == [{"compile": False}, {"compile": True}]
+    assert len(encodes) == 4  # every SDS step of both runs encoded through what latent_encoder returned
     assert compiled.run["config"]["compile_vae"] is True and plain.run["config"]["compile_vae"] is False
     assert compiled.run["losses"] == plain.run["losses"]  # iso3d-tiny has no VAE: nothing compiled
     assert GenerateConfig.official().compile_vae is False  # ~35 s per milestone to compile (RESULTS.md)
