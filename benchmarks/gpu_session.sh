@@ -29,8 +29,9 @@
 # nerfacc compiles) and inside the fastest step (sds -k vae_options), then the trace:
 #   TRAIN=0 TESTS="" BENCHES="vae sds" SDS_LIMIT=220 SDS_K=vae_options TRACE=150 bash benchmarks/gpu_session.sh
 # (measured: RESULTS.md, eighth session; the trace puts a full run at 21.4 min, render-bound at ~18 ns per
-# sample). Next: where the render's time goes, by the profiler, at both stages (about 3 minutes of run):
-#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" bash benchmarks/gpu_session.sh
+# sample). Next: where the step's time goes, by the profiler, at both stages, and a trace that now also
+# records the samples marched before pruning (about 8 minutes of run with nerfacc's build):
+#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" TRACE=150 bash benchmarks/gpu_session.sh
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
@@ -105,12 +106,14 @@ S1_BUNDLE=${S1_BUNDLE:-}
 ORIENTATION=${ORIENTATION:-any}
 # SNR_GAMMA: Min-SNR-γ loss weighting of the diffusion stages (e.g. 5; empty: the plain ε-MSE).
 SNR_GAMMA=${SNR_GAMMA:-}
+# WIDTH: iso3d-tiny's base width for a new model (UNet widths (w, 2w, 2w), embedding 2w; 32 is shipped).
+WIDTH=${WIDTH:-32}
 common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION ${SNR_GAMMA:+--snr-gamma $SNR_GAMMA}"
 s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
   if [ -z "$S1_BUNDLE" ]; then
-    timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT $common || exit 1
+    timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT --width $WIDTH $common || exit 1
     timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
       --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
     S1_BUNDLE=$R/stage1/bundle
@@ -187,13 +190,15 @@ if [ "$TRACE" -gt 0 ]; then
 import torch
 s = torch.load("/tmp/trace/checkpoint.pt", map_location="cpu", weights_only=False)
 spr, sec = s["samples_per_ray"], s["step_seconds"]
+marched = [0.0 if m is None else m for m in s.get("marched_per_ray", [])]  # None: a step recorded before the field existed
 edges = [0, 1, 10, 50, 100, 200, 300, 400, 500, 750] + list(range(1000, len(spr) + 500, 500))
 for a, e in zip(edges, edges[1:]):
     b, t = spr[a:e], sorted(sec[a:e])
     if not b:
         break
-    print(f"steps {a}-{a + len(b) - 1}: samples/ray mean {sum(b) / len(b):.1f} (min {min(b):.1f}, max {max(b):.1f}); "
-          f"step median {t[len(t) // 2] * 1e3:.1f} ms")
+    m = marched[a:e] or [0.0]
+    print(f"steps {a}-{a + len(b) - 1}: samples/ray mean {sum(b) / len(b):.1f} (min {min(b):.1f}, max {max(b):.1f}), "
+          f"marched {sum(m) / len(m):.1f}; step median {t[len(t) // 2] * 1e3:.1f} ms")
 PY
   say "trace: $(tail -4 "$LOGS/trace.txt" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .
