@@ -53,6 +53,9 @@ def test_all_names_exist(module):
         "iso3d.models.unet",
         "iso3d.models.bundle",
         "iso3d.models.guidance",
+        "iso3d.models.cuda_graph",
+        "iso3d.models.latent_encoder",
+        "iso3d.models.presets",
         "iso3d.pipelines.multiview",
     ],
 )
