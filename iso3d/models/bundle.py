@@ -39,19 +39,38 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The training noise schedule (DESIGN.md §2): scaled-linear betas 0.00085→0.012 over 1000 steps."""
+    """The training noise schedule (DESIGN.md §2): scaled-linear betas 0.00085→0.012 over 1000 steps.
+
+    ``beta_schedule="linear"`` (betas evenly spaced, as diffusers names it) with 1e-4→0.02 is DDPM's
+    pixel-space schedule (Ho et al. 2020, e.g. CIFAR-10 at 32²): ᾱ_T ≈ 4e-5 instead of 0.0047, so more
+    of training sees the noise levels where an image's coarse shape forms (:meth:`ddpm`).
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    beta_schedule: str = "scaled_linear"
+    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
     prediction_type: Literal["epsilon"] = "epsilon"
 
+    def __post_init__(self):
+        if self.beta_schedule not in ("scaled_linear", "linear"):
+            raise ValueError(f"SchedulerConfig: beta_schedule must be 'scaled_linear' or 'linear', got {self.beta_schedule!r}")
+        if not 0 < self.beta_start < self.beta_end < 1 or self.num_train_timesteps < 2:
+            raise ValueError(f"SchedulerConfig: need 0 < beta_start < beta_end < 1 and >= 2 timesteps, got "
+                             f"{self.beta_start}, {self.beta_end}, {self.num_train_timesteps}")
+
+    @classmethod
+    def ddpm(cls) -> "SchedulerConfig":
+        """DDPM's linear 1e-4 → 0.02 schedule over 1000 steps (pixel-space models)."""
+        return cls(beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
     def alphas_cumprod(self, device=None) -> torch.Tensor:  # [num_train_timesteps] float32
-        """ᾱ_t of the scaled-linear schedule (ldm's "linear": linspace of √β, squared, in fp64)."""
-        if self.beta_schedule != "scaled_linear":
-            raise ValueError(f"SchedulerConfig: only 'scaled_linear' betas are supported, got {self.beta_schedule!r}")
-        betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, self.num_train_timesteps, dtype=torch.float64) ** 2
+        """ᾱ_t: scaled-linear (ldm's "linear": linspace of √β, squared) or linear betas, in fp64."""
+        n = self.num_train_timesteps
+        if self.beta_schedule == "scaled_linear":
+            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float64) ** 2
+        else:
+            betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float64)
         return torch.cumprod(1 - betas, 0).float().to(device)
 
 

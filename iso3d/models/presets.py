@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .bundle import BundleConfig
+from .bundle import BundleConfig, SchedulerConfig
 from .image_encoder import ImageEncoderConfig
 from .unet import MultiViewUNetConfig
 
@@ -16,14 +16,16 @@ def official_bundle_config() -> BundleConfig:
     return BundleConfig.official()
 
 
-def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
+def tiny_bundle_config(image_size: int = 32, width: int = 32, scheduler: SchedulerConfig | None = None) -> BundleConfig:
     """iso3d-tiny: the same architecture family in pixel space, small enough to train on a CPU.
 
     UNet widths ``(w, 2w, 2w)`` with joint attention at the two coarser levels (head dim 16), and a
     2-layer open_clip ViT (patch 8) as image encoder with a ``2w``-d embedding. Joint attention stays
     off the finest level on purpose: at 32² pixels, 5 frames make 5120 tokens per object there, and a
     training step (8 objects, 2 CPU cores) took 5.6 s (stage 1) / 8.3 s (stage 2) with it against
-    1.8 s / 2.3 s without (measured 2026-11-25).
+    1.8 s / 2.3 s without (measured 2026-11-25). ``scheduler``: the noise schedule (default: the
+    release's scaled-linear one, which the shipped iso3d-tiny uses; ``SchedulerConfig.ddpm()`` is tried
+    in its model card).
     """
     unet = MultiViewUNetConfig(
         sample_size=image_size,
@@ -48,7 +50,8 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32) -> BundleConfig:
     # cleaner than DDIM from N(0, 1), and CFG 3 beats the release's 10 for both stages (+1.4 / +2.1 dB;
     # measured on iso3d-tiny, MODEL_CARD.md). The sampler's default only: SDS keeps SDSConfig's CFG.
     return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size,
-                        sampling_eta=1.0, sampling_init_mean=1.0, guidance_scale=3.0)
+                        scheduler=scheduler or SchedulerConfig(), sampling_eta=1.0, sampling_init_mean=1.0,
+                        guidance_scale=3.0)
 
 
 def tiny_latent_bundle_config(image_size: int = 32, width: int = 16) -> BundleConfig:

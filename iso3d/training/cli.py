@@ -33,6 +33,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=32)
     add_orientation_argument(p)
     p.add_argument("--width", type=int, default=32, help="iso3d-tiny base width (new models only)")
+    p.add_argument("--noise-schedule", choices=["release", "ddpm"], default=None,
+                   help="new models only (not with --init): the release's scaled-linear betas 0.00085-0.012 "
+                        "(default, as shipped) or DDPM's pixel-space linear betas 1e-4-0.02")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--render-workers", type=int, default=os.cpu_count() or 1,
                    help="processes that render the data set when it is not cached (default: all cores)")
@@ -66,17 +69,20 @@ def run_train(args: argparse.Namespace, device) -> int:
     import torch
 
     from iso3d.data import ObjectSampling
-    from iso3d.models.bundle import MultiViewDiffusion
+    from iso3d.models.bundle import MultiViewDiffusion, SchedulerConfig
     from iso3d.models.presets import tiny_bundle_config
 
     from .trainer import DataConfig, TrainConfig, train
 
     out = Path(args.out)
+    if args.init and args.noise_schedule is not None:
+        raise ValueError(f"--noise-schedule sets a new model's schedule; {args.init} keeps its own (drop one of the two)")
     if args.init:
         model = MultiViewDiffusion.from_pretrained(args.init, backend=args.attention_backend)
     else:
-        model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width), seed=args.seed,
-                                   backend=args.attention_backend)
+        scheduler = SchedulerConfig.ddpm() if args.noise_schedule == "ddpm" else SchedulerConfig()
+        model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width, scheduler=scheduler),
+                                   seed=args.seed, backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
                       cache_dir=args.cache_dir, render_workers=args.render_workers,
                       object_sampling=ObjectSampling(orientation=args.orientation))

@@ -167,3 +167,22 @@ def test_noise_schedule_matches_the_release():
     assert acp.shape == (1000,) and acp.dtype == torch.float32
     assert acp[0].item() == pytest.approx(1 - 0.00085, rel=1e-6)
     assert acp[-1].item() == pytest.approx(0.0046601, rel=1e-4)
+
+
+def test_ddpm_linear_schedule_matches_diffusers_and_bad_schedules_fail():
+    import diffusers
+
+    from iso3d.models.bundle import SchedulerConfig
+
+    cfg = SchedulerConfig.ddpm()
+    ours = cfg.alphas_cumprod()
+    theirs = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                     beta_schedule="linear").alphas_cumprod
+    assert (ours - theirs).abs().max() <= 1e-6  # fp64 here, fp32 there
+    assert ours[-1].item() == pytest.approx(4.036e-5, rel=1e-3) and ours[-1] < SchedulerConfig().alphas_cumprod()[-1]
+    tiny = tiny_bundle_config(scheduler=cfg)
+    assert BundleConfig.from_dict(tiny.to_dict()).scheduler == cfg  # survives config.json
+    with pytest.raises(ValueError, match="beta_schedule must be"):
+        SchedulerConfig(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="0 < beta_start < beta_end < 1"):
+        SchedulerConfig(beta_start=0.02, beta_end=0.01)

@@ -14,7 +14,7 @@ pytest.importorskip("diffusers", reason="diffusers not installed (pip install di
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
 from iso3d.data import MultiViewDataset, ObjectSampling, RenderSettings  # noqa: E402
-from iso3d.models.bundle import MultiViewDiffusion  # noqa: E402
+from iso3d.models.bundle import MultiViewDiffusion, SchedulerConfig  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.training import DataConfig, TrainConfig, diffusion_loss, train  # noqa: E402
 from iso3d.training.trainer import _batch  # noqa: E402
@@ -246,7 +246,8 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
 
     cmd = [sys.executable, "-m", "iso3d", "train", "all", "--out", str(tmp_path / "run"), "--steps", "2",
            "--encoder-steps", "2", "--train-size", "4", "--image-size", str(IMAGE), "--width", "16",
-           "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright"]
+           "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright",
+           "--noise-schedule", "ddpm"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("encoder", "stage1", "stage2"):
@@ -257,3 +258,12 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
     model = MultiViewDiffusion.from_pretrained(tmp_path / "run" / "stage2" / "bundle")
     assert model.config.image_size == IMAGE
+    assert model.config.scheduler == SchedulerConfig.ddpm()  # chosen for the new model, kept by stages 1 and 2
+
+
+def test_noise_schedule_option_is_for_new_models_only(tmp_path):
+    from iso3d.cli import main
+
+    with pytest.raises(ValueError, match="--noise-schedule sets a new model's schedule"):
+        main(["train", "stage1", "--out", str(tmp_path), "--init", "iso3d-tiny", "--noise-schedule", "ddpm",
+              "--device", "cpu"])
