@@ -98,7 +98,7 @@ class _HashGridJacobianFunction(torch.autograd.Function):
 
         n_out = config.n_output_dims
         out = torch.empty(x.shape[0], n_out, device=x.device, dtype=table.dtype)
-        jac = torch.empty(x.shape[0], n_out, 3, device=x.device, dtype=table.dtype)
+        jac = torch.empty(x.shape[0], 3, n_out, device=x.device, dtype=table.dtype)  # axis-major: see the kernel
         grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_jac_fwd_kernel[grid](x, table, out, jac, *_level_tables(config, x.device), x.shape[0],
                                            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK)
@@ -238,6 +238,8 @@ def hash_grid_encode_with_jacobian(
 
     Returns:
         ``y [P, L·F]`` and ``J [P, L·F, 3]`` (``J[p, k, d] = ∂y[p, k]/∂x[p, d]``), in the table's dtype.
+        ``J`` is a transposed view of an axis-major ``[P, 3, L·F]`` buffer (both backends), so that a
+        contraction over ``k`` such as ``(J * v[:, :, None]).sum(1)`` reads contiguous memory.
 
     Example:
         >>> import torch
@@ -255,4 +257,5 @@ def hash_grid_encode_with_jacobian(
     chosen = select_backend("hash_grid_encode_with_jacobian", backend, reasons, order)
     if chosen == "torch":
         return hash_grid_encode_with_jacobian_ref(x, table, config)
-    return _HashGridJacobianFunction.apply(x.contiguous(), table.contiguous(), config)
+    y, jac_axis_major = _HashGridJacobianFunction.apply(x.contiguous(), table.contiguous(), config)
+    return y, jac_axis_major.transpose(1, 2)

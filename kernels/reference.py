@@ -184,6 +184,6 @@ def hash_grid_encode_with_jacobian_ref(
     dweights = torch.stack([oy * oz, ox * oz, ox * oy], -1) * sign * scale[:, None, None]  # [P, L, 8, 3]
     values = F.embedding(rows, table.view(-1, config.n_features_per_level).float())  # [P, L, 8, F]
     out = (weights[..., None] * values).sum(dim=2)  # [P, L, F]
-    jac = torch.einsum("plcd,plcf->plfd", dweights, values)  # [P, L, F, 3]
+    jac = torch.einsum("plcd,plcf->pdlf", dweights, values)  # [P, 3, L, F]: axis-major, as the kernel's
     n = x.shape[0]
-    return out.reshape(n, -1).to(table.dtype), jac.reshape(n, -1, 3).to(table.dtype)
+    return out.reshape(n, -1).to(table.dtype), jac.reshape(n, 3, -1).to(table.dtype).transpose(1, 2)
