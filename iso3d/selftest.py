@@ -51,6 +51,7 @@ def run_selftest(seed: int = 0) -> list[tuple[str, float, float, bool]]:
         rows.append((f"mv_attention fwd+bwd {str(dtype)[6:]} ({seconds:.1f}s)", err, bound, err <= bound))
     rows.append(_hash_grid_check(device, gen))
     rows.append(_hash_grid_jacobian_check(device, gen))
+    rows.append(_mlp_head_check(device, gen))
     return rows
 
 
@@ -95,3 +96,29 @@ def _hash_grid_jacobian_check(device, gen):
     errs = [_max_err(a, b) / (1 + b.abs().max().item()) for a, b in zip(*outs)]
     return (f"hash_grid+jacobian fwd+bwd float32, error relative to size ({time.perf_counter() - t0:.1f}s)",
             max(errs), rtol, max(errs) <= rtol)
+
+
+def _mlp_head_check(device, gen):
+    """The density head (MLP value + input gradient) and its backward, against the float64 twin;
+    the bound is 4x the float32 twin's own error (the kernel computes in fp32), plus rounding."""
+    from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+    from iso3d.kernels.reference import mlp_head_with_input_grad_ref
+
+    y = torch.randn(500, 32, generator=gen)
+    w1, w2 = torch.randn(64, 32, generator=gen) / 32**0.5, torch.randn(64, generator=gen) / 8
+    draw, dv = torch.randn(500, generator=gen), torch.randn(500, 32, generator=gen)
+
+    def run(fn, dtype, dev, **kw):
+        ins = [t.to(dev, dtype).requires_grad_() for t in (y, w1, w2)]
+        raw, v = fn(*ins, **kw)
+        grads = torch.autograd.grad([raw, v], ins, [draw.to(raw), dv.to(v)])
+        return [t.detach().cpu() for t in (raw, v, *grads)]
+
+    t0 = time.perf_counter()
+    got = run(mlp_head_with_input_grad, torch.float32, device, backend="triton")
+    seconds = time.perf_counter() - t0
+    want = run(mlp_head_with_input_grad_ref, torch.float64, "cpu")
+    twin = run(mlp_head_with_input_grad_ref, torch.float32, "cpu")
+    err = max(_max_err(g, w) for g, w in zip(got, want))
+    bound = 4 * max(_max_err(t, w) for t, w in zip(twin, want)) + 1e-6
+    return (f"mlp_head fwd+bwd float32 ({seconds:.1f}s)", err, bound, err <= bound)

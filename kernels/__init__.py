@@ -6,8 +6,10 @@ loaded on first use. Tests run them on the CPU through Triton's interpreter (``T
 
 from ._backends import BackendUnavailableError
 from .hash_grid import HashGridConfig, hash_grid_encode, hash_grid_encode_with_jacobian, init_hash_grid_params
+from .mlp_head import mlp_head_with_input_grad
 from .mv_attention import mv_attention
-from .reference import hash_grid_encode_ref, hash_grid_encode_with_jacobian_ref, mv_attention_naive, mv_attention_ref
+from .reference import (hash_grid_encode_ref, hash_grid_encode_with_jacobian_ref, mlp_head_with_input_grad_ref, mv_attention_naive,
+                        mv_attention_ref)
 
 __all__ = [
     "BackendUnavailableError",
@@ -17,6 +19,8 @@ __all__ = [
     "hash_grid_encode_with_jacobian",
     "hash_grid_encode_with_jacobian_ref",
     "init_hash_grid_params",
+    "mlp_head_with_input_grad",
+    "mlp_head_with_input_grad_ref",
     "mv_attention",
     "mv_attention_naive",
     "mv_attention_ref",

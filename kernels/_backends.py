@@ -13,7 +13,12 @@ import torch
 
 from iso3d.utils.imports import probe
 
-__all__ = ["BackendUnavailableError", "interpreter_active", "select_backend", "triton_device_reasons"]
+__all__ = ["BackendUnavailableError", "cdiv", "interpreter_active", "select_backend", "triton_device_reasons"]
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for launch grids (without importing Triton)."""
+    return -(-a // b)
 
 
 class BackendUnavailableError(RuntimeError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._backends import select_backend, triton_device_reasons
+from ._backends import cdiv, select_backend, triton_device_reasons
 from .hash_grid_config import HashGridConfig
 from .reference import hash_grid_encode_ref, hash_grid_encode_with_jacobian_ref
 from iso3d.utils.imports import probe
@@ -48,10 +48,6 @@ def _level_tables(config: HashGridConfig, device: torch.device):
     )
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _launch_backward(ctx, kernel, *grads):
     """Both Functions' backward: fp32 buffers for the gradients asked for (atomics accumulate in
     fp32), one launch of ``kernel(x, table, *grads, dtable, dx, …)``, the table gradient cast back."""
@@ -60,7 +56,7 @@ def _launch_backward(ctx, kernel, *grads):
     need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
     dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x  # unused pointer if not
-    grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+    grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
     kernel[grid](
         x, table, *(g.contiguous() for g in grads), dtable, dx, *_level_tables(config, x.device), x.shape[0],
         N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
@@ -76,7 +72,7 @@ class _HashGridFunction(torch.autograd.Function):
 
         meta = _level_tables(config, x.device)
         out = torch.empty(x.shape[0], config.n_output_dims, device=x.device, dtype=table.dtype)
-        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_fwd_kernel[grid](x, table, out, *meta, x.shape[0], N_LEVELS=config.n_levels,
                                        F=config.n_features_per_level, BLOCK=_BLOCK)
         ctx.save_for_backward(x, table)
@@ -99,7 +95,7 @@ class _HashGridJacobianFunction(torch.autograd.Function):
         n_out = config.n_output_dims
         out = torch.empty(x.shape[0], n_out, device=x.device, dtype=table.dtype)
         jac = torch.empty(x.shape[0], 3, n_out, device=x.device, dtype=table.dtype)  # axis-major: see the kernel
-        grid = (_cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
         tk._hash_grid_jac_fwd_kernel[grid](x, table, out, jac, *_level_tables(config, x.device), x.shape[0],
                                            N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK)
         ctx.save_for_backward(x, table)

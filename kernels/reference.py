@@ -14,7 +14,8 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .hash_grid_config import HashGridConfig
 
-__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "joint_attention_via_concat", "mv_attention_naive", "mv_attention_ref"]
+__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "joint_attention_via_concat", "mlp_head_with_input_grad_ref",
+           "mv_attention_naive", "mv_attention_ref"]
 
 
 def _split_heads(x: torch.Tensor, n_objects: int, n_heads: int) -> torch.Tensor:
@@ -187,3 +188,18 @@ def hash_grid_encode_with_jacobian_ref(
     jac = torch.einsum("plcd,plcf->pdlf", dweights, values)  # [P, 3, L, F]: axis-major, as the kernel's
     n = x.shape[0]
     return out.reshape(n, -1).to(table.dtype), jac.reshape(n, 3, -1).to(table.dtype).transpose(1, 2)
+
+
+def mlp_head_with_input_grad_ref(
+    y: torch.Tensor,  # [P, K] float32 or float16
+    w1: torch.Tensor,  # [H, K]
+    w2: torch.Tensor,  # [H]
+) -> tuple[torch.Tensor, torch.Tensor]:  # [P], [P, K] float32
+    """PyTorch twin of :func:`iso3d.kernels.mlp_head.mlp_head_with_input_grad`: ``raw = w₂ᵀ·relu(W₁y)``
+    and ``v = W₁ᵀ·(w₂ ⊙ 1[W₁y > 0])`` in closed form (plain ops: differentiable in the weights, and
+    usable under ``torch.no_grad()``)."""
+    h = F.linear(y.to(w1.dtype), w1)  # [P, H], in the weights' precision (float32; float64 in tests)
+    active = h > 0
+    raw = (h * active) @ w2
+    v = (active * w2) @ w1
+    return raw, v

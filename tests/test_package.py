@@ -43,6 +43,7 @@ def test_all_names_exist(module):
         "iso3d.kernels.mv_attention",
         "iso3d.kernels.hash_grid",
         "iso3d.kernels.hash_grid_config",
+        "iso3d.kernels.mlp_head",
         "iso3d.utils.imports",
         "iso3d.utils.torchvision_compat",
         "iso3d.cameras",

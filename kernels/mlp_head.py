@@ -1,0 +1,111 @@
+"""A two-layer bias-free ReLU MLP with one output and its input gradient — the field's density head.
+
+Backends: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``torch`` (the twin
+:func:`~iso3d.kernels.reference.mlp_head_with_input_grad_ref`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._backends import cdiv, select_backend, triton_device_reasons
+from .reference import mlp_head_with_input_grad_ref
+
+__all__ = ["mlp_head_with_input_grad"]
+
+_BLOCK = 64
+
+
+def _padded(n: int) -> int:  # tl.dot wants power-of-two widths of at least 16
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _backward_programs(n_blocks: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        return min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+    return min(n_blocks, 3)  # the interpreter: a few programs still exercise the partial sums
+
+
+class _MLPHeadFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, w1, w2):
+        from . import _mlp_head_triton as tk
+
+        n, (hidden, k) = y.shape[0], w1.shape
+        raw = torch.empty(n, device=y.device, dtype=torch.float32)
+        v = torch.empty(n, k, device=y.device, dtype=torch.float32)
+        tk._mlp_head_fwd_kernel[(cdiv(n, _BLOCK),)](
+            y, w1, w2, raw, v, n, K=k, H=hidden, KP=_padded(k), HP=_padded(hidden), BLOCK=_BLOCK)
+        ctx.save_for_backward(y, w1, w2)
+        return raw, v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, draw, dv):
+        from . import _mlp_head_triton as tk
+
+        y, w1, w2 = ctx.saved_tensors
+        n, (hidden, k) = y.shape[0], w1.shape
+        kp, hp = _padded(k), _padded(hidden)
+        draw = torch.zeros(n, device=y.device, dtype=torch.float32) if draw is None else draw.contiguous()
+        dv = torch.zeros(n, k, device=y.device, dtype=torch.float32) if dv is None else dv.contiguous()
+        n_blocks = cdiv(n, _BLOCK)
+        programs = max(1, _backward_programs(n_blocks, y.device))
+        dy = torch.empty_like(y)
+        dw1 = torch.empty(programs, hp, kp, device=y.device, dtype=torch.float32)
+        dw2 = torch.empty(programs, hp, device=y.device, dtype=torch.float32)
+        tk._mlp_head_bwd_kernel[(programs,)](
+            y, w1, w2, draw, dv, dy, dw1, dw2, n, n_blocks, K=k, H=hidden, KP=kp, HP=hp, BLOCK=_BLOCK)
+        return dy, dw1.sum(0)[:hidden, :k].to(w1.dtype), dw2.sum(0)[:hidden].to(w2.dtype)
+
+
+def mlp_head_with_input_grad(
+    y: torch.Tensor,  # [P, K] float32 or float16
+    w1: torch.Tensor,  # [H, K] float32 (first layer's weight, nn.Linear layout)
+    w2: torch.Tensor,  # [H] float32 (the output layer's weight row)
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:  # [P], [P, K] float32
+    """``raw = w₂ᵀ·relu(W₁·y)`` and its input gradient ``v = ∂raw/∂y``, for every point, in one pass.
+
+    .. math::  h = W_1 y,\\qquad raw = \\sum_j w_{2,j}\\,\\max(h_j, 0),\\qquad
+               v = W_1^\\top\\,(w_2 \\odot 1[h > 0]).
+
+    Both outputs are differentiable in ``y``, ``W₁`` and ``w₂`` (first order), so a loss on normals
+    built from ``v`` trains the MLP without a double backward. ReLU's mask is piecewise constant.
+
+    Args:
+        y: ``[P, K]`` inputs (the hash grid's features), float32 or float16 (computed in fp32).
+        w1: ``[H, K]`` float32 first-layer weight. w2: ``[H]`` float32 output weights.
+        backend: ``"auto"`` (triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``raw [P]`` and ``v [P, K]``, float32.
+
+    Example:
+        >>> import torch
+        >>> from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+        >>> y, w1, w2 = torch.randn(5, 32), torch.randn(64, 32), torch.randn(64)
+        >>> raw, v = mlp_head_with_input_grad(y, w1, w2)
+        >>> raw.shape, v.shape
+        (torch.Size([5]), torch.Size([5, 32]))
+        >>> torch.allclose(raw, torch.relu(y @ w1.T) @ w2, atol=1e-5)
+        True
+    """
+    for name, t in (("y", y), ("w1", w1), ("w2", w2)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"mlp_head_with_input_grad: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if y.dim() != 2 or w1.dim() != 2 or w1.shape[1] != y.shape[1] or w2.shape != (w1.shape[0],):
+        raise ValueError(f"mlp_head_with_input_grad: expected y [P, K], w1 [H, K], w2 [H], got "
+                         f"{tuple(y.shape)}, {tuple(w1.shape)}, {tuple(w2.shape)}")
+    if y.dtype not in (torch.float32, torch.float16) or w1.dtype != torch.float32 or w2.dtype != torch.float32:
+        raise TypeError(f"mlp_head_with_input_grad: y must be float32 or float16 and the weights float32, got "
+                        f"{y.dtype}, {w1.dtype}, {w2.dtype}")
+    if not (y.device == w1.device == w2.device):
+        raise ValueError(f"mlp_head_with_input_grad: y, w1, w2 must share a device, got {y.device}, {w1.device}, {w2.device}")
+    reasons = {"triton": triton_device_reasons(y.device, y.dtype), "torch": []}
+    order = ["triton", "torch"] if y.device.type == "cuda" else ["torch"]
+    if select_backend("mlp_head_with_input_grad", backend, reasons, order) == "torch":
+        return mlp_head_with_input_grad_ref(y, w1, w2)
+    return _MLPHeadFunction.apply(y.contiguous(), w1.contiguous(), w2.contiguous())

@@ -1,0 +1,89 @@
+"""The density head (two-layer ReLU MLP with its input gradient): Triton vs the PyTorch twin vs autograd."""
+
+import pytest
+import torch
+
+from iso3d.kernels import BackendUnavailableError
+from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+from iso3d.kernels.reference import mlp_head_with_input_grad_ref
+
+
+def _inputs(n, k, hidden, dtype, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, k, generator=gen).to(device, dtype)
+    w1 = (torch.randn(hidden, k, generator=gen) / k**0.5).to(device)
+    w2 = (torch.randn(hidden, generator=gen) / hidden**0.5).to(device)
+    return y, w1, w2
+
+
+def _outputs_and_grads(backend, y, w1, w2, seed):
+    y, w1, w2 = (t.clone().requires_grad_() for t in (y, w1, w2))
+    if backend == "float64":  # the twin's formula in float64: the exact reference
+        raw, v = mlp_head_with_input_grad_ref(y, w1, w2)
+    else:
+        raw, v = mlp_head_with_input_grad(y, w1, w2, backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    draw = torch.randn(raw.shape, generator=gen).to(raw)
+    dv = torch.randn(v.shape, generator=gen).to(v)
+    return [raw, v, *torch.autograd.grad([raw, v], [y, w1, w2], [draw, dv])]
+
+
+def test_twin_matches_autograd_of_the_mlp():
+    # The twin's closed-form v is autograd's input gradient of the plain MLP.
+    y, w1, w2 = _inputs(29, 12, 20, torch.float32, "cpu", seed=1)
+    y.requires_grad_()
+    raw, v = mlp_head_with_input_grad(y, w1, w2, backend="torch")
+    plain = torch.relu(y @ w1.T) @ w2
+    (want_v,) = torch.autograd.grad(plain.sum(), y)
+    torch.testing.assert_close(raw, plain)
+    torch.testing.assert_close(v, want_v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n, k, hidden", [(1, 32, 64), (97, 32, 64), (300, 8, 64), (130, 12, 20), (65, 4, 3)])
+def test_triton_matches_twin(n, k, hidden, dtype, device):
+    # Outputs and every gradient (y, W1, w2) against the twin, and both against a float64 reference:
+    # the kernel's error may be at most a small multiple of the twin's own (fp32 products; float16
+    # inputs are read exactly and the gradient of y is rounded to float16 by both).
+    seed = 1000 * k + n
+    y, w1, w2 = _inputs(n, k, hidden, dtype, device, seed)
+    got = _outputs_and_grads("triton", y, w1, w2, seed)
+    twin = _outputs_and_grads("torch", y, w1, w2, seed)
+    exact = _outputs_and_grads("float64", y.double(), w1.double(), w2.double(), seed)
+    names = ["raw", "v", "dy", "dW1", "dw2"]
+    for name, g, t, e in zip(names, got, twin, exact):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        scale = 1 + e.abs().max().item()
+        twin_err = (t.double() - e).abs().max().item()
+        err = (g.double() - e).abs().max().item()
+        assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
+
+
+def test_backward_with_one_output_unused(device):
+    # Only v feeds the loss (raw's gradient is None): the kernel must treat the missing cotangent as 0.
+    y, w1, w2 = _inputs(70, 32, 64, torch.float32, device, seed=3)
+    grads = []
+    for backend in ("triton", "torch"):
+        w1_ = w1.clone().requires_grad_()
+        _, v = mlp_head_with_input_grad(y, w1_, w2, backend=backend)
+        grads.append(torch.autograd.grad(v.square().sum(), w1_)[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_names_the_argument():
+    y, w1, w2 = _inputs(4, 8, 16, torch.float32, "cpu", seed=0)
+    with pytest.raises(ValueError, match="w1 \\[H, K\\]"):
+        mlp_head_with_input_grad(y, w1[:, :4], w2)
+    with pytest.raises(TypeError, match="weights float32"):
+        mlp_head_with_input_grad(y, w1.double(), w2)
+    with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+        mlp_head_with_input_grad(y.tolist(), w1, w2)
+    with pytest.raises(ValueError, match="backend must be"):
+        mlp_head_with_input_grad(y, w1, w2, backend="cuda")
+
+
+def test_refusal_lists_reasons_without_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    y, w1, w2 = _inputs(4, 8, 16, torch.float32, "cpu", seed=0)
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        mlp_head_with_input_grad(y, w1, w2, backend="triton")
