@@ -32,6 +32,11 @@
 # sample). Next: where the step's time goes, by the profiler, at both stages, and a trace that now also
 # records the samples marched before pruning (about 8 minutes of run with nerfacc's build):
 #   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" TRACE=150 bash benchmarks/gpu_session.sh
+# Ninth session (after its profile showed einsum's chunked batched GEMMs and the Jacobian's scattered
+# stores): the fused density head and the axis-major Jacobian, beside the commit before them (32b4d96):
+#   git archive 32b4d96 | tar -x -C runs/base   # then carry .whl, runs/base, runs/device/nerfacc_build.tgz
+#   TRAIN=0 TESTS="" BENCHES="mlp_head jacobian density_head" BASE=runs/base BASE_BENCHES="field_state jacobian" \
+#     PROFILE="256" PROFILE_STATES=blob NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
@@ -164,14 +169,31 @@ for b in $BENCHES; do
     unet_step) bench unet_step 60 benchmarks/models/bench_unet_step.py -k "bf16" ;;
     sds) bench sds "${SDS_LIMIT:-110}" benchmarks/generate/bench_sds_step.py ${SDS_K:+-k "$SDS_K"} ;;
     hash_render) bench hash_render 45 benchmarks/kernels/bench_hash_grid.py benchmarks/nerf/bench_render.py ;;
+    jacobian) bench jacobian 40 benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
+    mlp_head) bench mlp_head 45 benchmarks/kernels/bench_mlp_head.py ;;
+    density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k density_head ;;
   esac
 done
+# BASE=folder (carried): an earlier commit's tree (git archive COMMIT | tar -x -C runs/base), whose
+# BASE_BENCHES (the names above) run right after, on the same machine, for a before/after ratio.
+BASE=${BASE:-}
+if [ -n "$BASE" ]; then
+  ln -sfn ../kernels "$BASE/iso3d/kernels"
+  for b in ${BASE_BENCHES:-}; do
+    case $b in
+      field_state) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_field_state "${BASE_LIMIT:-90}" \
+          benchmarks/generate/bench_sds_step.py -k "field_state and graphed") ;;
+      jacobian) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_jacobian 40 benchmarks/kernels/bench_hash_grid.py \
+          -k "jacobian and 22") ;;
+    esac
+  done
+fi
 
 # PROFILE="stages" (e.g. "64 256"; empty: off): torch.profiler's breakdown of the optimized step on the
 # blob and the surface field (benchmarks/generate/profile_sds_step.py): iso3d's ranges and top kernels.
 PROFILE=${PROFILE:-}
 if [ -n "$PROFILE" ]; then
-  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states blob surface \
+  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} \
     --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
   say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .

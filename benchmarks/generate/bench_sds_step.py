@@ -97,12 +97,14 @@ def _config(bench_device, smoke, stage: int) -> GenerateConfig:
 FIELD_STATES = {"blob": (10.0, 0.5), "surface": (200.0, 0.5)}
 
 
-def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="blob", prune=None, build_grid=None):
+def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="blob", prune=None, build_grid=None,
+           density_head=None):
     """The provider's config, field (``FIELD_STATES[field_state]``, by default the initial blob) and
     renderer (with nerfacc's sampler, or ``build_grid``: the occupancy grid updated 16 times).
 
     ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's.
-    ``prune``: α/T pruning on or off; None: the provider's."""
+    ``prune``: α/T pruning on or off; None: the provider's. ``density_head``: the field's
+    ``density_head_backend``; None: the PyTorch twin where the hash grid is the twin, else auto."""
     backend_attn, backend_grid, sampler, provider_prune = PROVIDERS[provider]
     prune = provider_prune if prune is None else prune
     build_grid = sampler == "nerfacc" if build_grid is None else build_grid
@@ -113,8 +115,10 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     if normal_type is not None:
         cfg = dataclasses.replace(cfg, normals=True, field=dataclasses.replace(cfg.field, normal_type=normal_type))
     blob_density, blob_radius = FIELD_STATES[field_state]
+    density_head = density_head or ("torch" if backend_grid == "torch" else "auto")
     cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, blob_density=blob_density,
-                                                             blob_radius=blob_radius), renderer=renderer_cfg)
+                                                             blob_radius=blob_radius, density_head_backend=density_head),
+                              renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
     torch.manual_seed(0)
@@ -218,6 +222,21 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     from a CUDA graph (GPU only). On CPU: the tiny model with the PyTorch hash grid and the dense
     sampler, with the occupancy grid and pruning, at the release's 512 samples per ray (16 in the
     smoke run), so that the sample counts show what pruning leaves."""
+    _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head=None)
+
+
+@pytest.mark.parametrize("density_head", ["triton", "torch"])
+@pytest.mark.parametrize("field_state", list(FIELD_STATES))
+@pytest.mark.parametrize("stage", [64, 256])
+def test_sds_step_density_head(run_bench, bench_device, smoke, model, stage, field_state, density_head):
+    """The fastest step (graphed UNet) with the field's density head (the MLP and its input gradient,
+    for analytic normals) as the fused Triton kernel or the PyTorch twin (GPU only)."""
+    if bench_device.type != "cuda":
+        pytest.skip("the fused density head runs only in Triton's interpreter on CPU, and CUDA graphs need a GPU")
+    _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, True, density_head=density_head)
+
+
+def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head):
     on_gpu = bench_device.type == "cuda"
     if graphed and not on_gpu:
         pytest.skip("CUDA graphs need a GPU")
@@ -225,7 +244,7 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     if not on_gpu and not smoke:
         cfg = dataclasses.replace(cfg, renderer=dataclasses.replace(cfg.renderer, num_samples_per_ray=512))
     cfg, fld, renderer = _setup(model, cfg, bench_device, "optimized" if on_gpu else "naive", field_state=field_state,
-                                prune=True, build_grid=True)
+                                prune=True, build_grid=True, density_head=density_head)
     unet = CUDAGraphedForward(model.unet) if graphed else None
     step = _training_step(model, cfg, fld, renderer, bench_device, unet)
     samples = []
@@ -238,11 +257,16 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     frames = cfg.milestones[0][2] * cfg.views.n_views
     label = "official bf16" if bench_device.type == "cuda" and not smoke else "tiny fp32"
     try:
-        run_bench(step, group=f"sds step field state {label} {frames} views {size}^2 render",
-                  provider=f"{field_state}_graphed" if graphed else field_state,
-                  baseline="blob", work=1, unit="steps/s", max_rounds=None if on_gpu else 3,
+        provider = f"{field_state}_graphed" if graphed else field_state
+        group = f"sds step field state {label} {frames} views {size}^2 render"
+        if density_head is not None:
+            provider, group = f"{field_state}_{density_head}_head", f"sds step density head {label} {frames} views {size}^2 render"
+        run_bench(step, group=group, provider=provider,
+                  baseline="blob_torch_head" if density_head else "blob", work=1, unit="steps/s",
+                  max_rounds=None if on_gpu else 3,
                   extra=dict(model=label, render_size=size, views=frames, field_state=field_state, cuda_graph=graphed,
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
+                             density_head=fld.config.density_head_backend,
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
                              samples_marched=samples[1],
                              note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray) "

@@ -36,6 +36,9 @@ class FieldConfig:
     normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "analytic"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
+    # The density MLP with its input gradient, for analytic normals (iso3d.kernels.mlp_head):
+    # auto (the fused Triton kernel on CUDA, the PyTorch twin on CPU) | triton | torch.
+    density_head_backend: str = "auto"
 
 
 @dataclass
@@ -112,10 +115,6 @@ class ImplicitVolume(nn.Module):
         raw = self.density_mlp(self._encode(x)).squeeze(-1)
         return F.softplus(raw + self.density_bias(x))
 
-    def _head_backend(self) -> str:  # the density head follows the encoding's choice (tcnn has no such op)
-        backend = self.encoding.backend
-        return "auto" if backend == "tcnn" else backend
-
     def _analytic_normals(self, x: torch.Tensor):
         """σ, features and −∇σ/‖∇σ‖ with ``∇σ = σ'(·)·(Jᵀ·∂raw/∂y·∂u/∂x + ∇bias)`` in closed form."""
         unscaled = self._unclamped_unit(x)
@@ -124,7 +123,7 @@ class ImplicitVolume(nn.Module):
                                                     check_range=False)
         # The density MLP (Linear → ReLU → Linear, no biases) and ∂raw/∂y in one fused pass (triton on CUDA).
         first, last = self.density_mlp[0], self.density_mlp[2]
-        raw, draw_dfeats = mlp_head_with_input_grad(feats, first.weight, last.weight[0], backend=self._head_backend())
+        raw, draw_dfeats = mlp_head_with_input_grad(feats, first.weight, last.weight[0], backend=self.config.density_head_backend)
         inside = ((unscaled >= 0) & (unscaled <= 1)).to(x.dtype)  # clamp's derivative, as autograd takes it
         # Jᵀ·∂raw/∂y as a broadcast product and a sum over the contiguous k axis of J's buffer. (einsum
         # made it a batched matrix product of P 1×K×3 problems, which cuBLAS launches in chunks of 65535:

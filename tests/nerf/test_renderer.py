@@ -232,7 +232,8 @@ def test_closed_form_analytic_normals_match_double_backward(backend, device):
     params = torch.randn(SMALL_GRID.n_params, generator=gen).to(device)  # so the grid, not the blob, dominates
     results = []
     for field_backend, path in ((backend, "_analytic_normals"), ("torch", "_analytic_normals_autograd")):
-        field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=field_backend), seed=0)
+        field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=field_backend,
+                                           density_head_backend=field_backend), seed=0)
         field = field.to(device).train()
         with torch.no_grad():
             field.encoding.params.copy_(params)
@@ -246,7 +247,8 @@ def test_closed_form_analytic_normals_match_double_backward(backend, device):
     for got, want in zip(g_closed, g_auto):
         torch.testing.assert_close(got, want, atol=1e-4 * (1 + want.abs().max().item()), rtol=1e-4)
     # The public path picks the closed form for every backend but tcnn.
-    field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=backend), seed=0).to(device)
+    field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=backend,
+                                       density_head_backend=backend), seed=0).to(device)
     with torch.no_grad():
         field.encoding.params.copy_(params)
         torch.testing.assert_close(field(x, with_normals=True).normal, n_closed, atol=1e-6, rtol=1e-6)
