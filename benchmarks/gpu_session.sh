@@ -70,7 +70,10 @@ say "$(tail -1 "$LOGS/gpu.txt")"
 EXT_DIR=$(python3 -c "import os; from torch.utils.cpp_extension import _get_build_directory as d
 print(os.path.dirname(d('nerfacc_cuda', False)))" 2>/dev/null || echo "$HOME/.cache/torch_extensions/py312_cu130")
 NERFACC_BUILD=${NERFACC_BUILD:-}
-[ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" && say "unpacked $NERFACC_BUILD"
+# touch: pip has just installed nerfacc's sources, newer than the carried objects; ninja rebuilds
+# whatever looks older than its sources (the eighth and ninth sessions' carries rebuilt without it).
+[ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
+  && find "$EXT_DIR/nerfacc_cuda" -type f -exec touch {} + && say "unpacked $NERFACC_BUILD"
 (timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &
 NERFACC=$!
 # The tiny model trains with the PyTorch attention twin (head dim 16: nothing to gain from the
@@ -171,7 +174,8 @@ for b in $BENCHES; do
     hash_render) bench hash_render 45 benchmarks/kernels/bench_hash_grid.py benchmarks/nerf/bench_render.py ;;
     jacobian) bench jacobian 40 benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
     mlp_head) bench mlp_head 45 benchmarks/kernels/bench_mlp_head.py ;;
-    density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k density_head ;;
+    density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k "density_head ${HEAD_K:+and $HEAD_K}" ;;
+    density_gradient) bench density_gradient "${GRADIENT_LIMIT:-90}" benchmarks/kernels/bench_density_gradient.py ;;
   esac
 done
 # BASE=folder (carried): an earlier commit's tree (git archive COMMIT | tar -x -C runs/base), whose
@@ -182,7 +186,7 @@ if [ -n "$BASE" ]; then
   for b in ${BASE_BENCHES:-}; do
     case $b in
       field_state) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_field_state "${BASE_LIMIT:-90}" \
-          benchmarks/generate/bench_sds_step.py -k "field_state and graphed") ;;
+          benchmarks/generate/bench_sds_step.py -k "field_state and graphed ${BASE_K:+and $BASE_K}") ;;
       jacobian) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_jacobian 40 benchmarks/kernels/bench_hash_grid.py \
           -k "jacobian and 22") ;;
     esac

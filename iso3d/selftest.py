@@ -52,6 +52,7 @@ def run_selftest(seed: int = 0) -> list[tuple[str, float, float, bool]]:
     rows.append(_hash_grid_check(device, gen))
     rows.append(_hash_grid_jacobian_check(device, gen))
     rows.append(_mlp_head_check(device, gen))
+    rows.append(_density_gradient_check(device, gen))
     return rows
 
 
@@ -122,3 +123,26 @@ def _mlp_head_check(device, gen):
     err = max(_max_err(g, w) for g, w in zip(got, want))
     bound = 4 * max(_max_err(t, w) for t, w in zip(twin, want)) + 1e-6
     return (f"mlp_head fwd+bwd float32 ({seconds:.1f}s)", err, bound, err <= bound)
+
+
+def _density_gradient_check(device, gen):
+    """The fused density op (grid + head + ∂raw/∂x, analytic normals) and its backward vs the twin."""
+    from iso3d.kernels.density_gradient import hash_grid_density_with_gradient
+    from iso3d.kernels.hash_grid import TOLERANCES, HashGridConfig
+
+    cfg = HashGridConfig(n_levels=6, log2_hashmap_size=12)
+    table = (torch.rand(cfg.n_params, generator=gen) * 2 - 1).to(device)
+    x = torch.rand(500, 3, generator=gen).to(device)
+    w1, w2 = (torch.randn(64, cfg.n_output_dims, generator=gen) / 4).to(device), (torch.randn(64, generator=gen) / 8).to(device)
+    cots = [torch.randn(500, cfg.n_output_dims, generator=gen), torch.randn(500, generator=gen), torch.randn(500, 3, generator=gen)]
+    outs = []
+    t0 = time.perf_counter()
+    for backend in ("triton", "torch"):
+        leaves = [t.clone().requires_grad_() for t in (x, table, w1, w2)]
+        got = hash_grid_density_with_gradient(leaves[0], leaves[1], cfg, *leaves[2:], backend=backend)
+        grads = torch.autograd.grad(got, leaves, [c.to(device) for c in cots])
+        outs.append([t.detach().cpu() for t in (*got, *grads)])
+    rtol = TOLERANCES[torch.float32]["rtol"] * 10  # J scales with the finest level: relative to size, as above
+    errs = [_max_err(a, b) / (1 + b.abs().max().item()) for a, b in zip(*outs)]
+    return (f"density+gradient fused fwd+bwd float32, error relative to size ({time.perf_counter() - t0:.1f}s)",
+            max(errs), rtol, max(errs) <= rtol)

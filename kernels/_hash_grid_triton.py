@@ -141,14 +141,25 @@ def _hash_grid_bwd_kernel(
 
 # Features with their Jacobian ∂y/∂x (analytic normals without a double backward): with the corner
 # weight w = ωx·ωy·ωz (ω = f or 1 − f, sign s = ±1), ∂w/∂f_x = s_x·ωy·ωz etc., and ∂x = scale·∂f.
-# JAC is axis-major, [P, 3, L·F], in the table's dtype like OUT: a program's F values per point and
-# axis are contiguous. (Axis last, [P, L·F, 3], scattered each value 12 bytes from the next: the
-# H100 profile of the ninth session put that forward at 4.2 ns per point against 0.9 without J.)
+# JAC is in the table's dtype like OUT, laid out by strides (elements) of the axis d, the level and the
+# point; a level's F features are contiguous. The public op uses axis-major [P, 3, L·F]; the fused
+# density op (density_gradient.py) level-major [3, L, P, F], where a program's block of points is one
+# contiguous run per axis. (Axis last, [P, L·F, 3], scattered each value 12 bytes from the next: the
+# ninth session's H100 profile put that forward at 4.2 ns per point against 0.9 without J.)
+
+
+@triton.jit
+def _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point):
+    # [BLOCK, F] pointers to axis 0 of this level's J, and the axis stride, in int64 (3·L·P·F can pass
+    # 2³¹; a stride may arrive as an i32 scalar or, when 1, as a constexpr, hence the arithmetic).
+    lvl = level.to(tl.int64)
+    base = JAC + lvl * jac_stride_level + offs[:, None] * jac_stride_point + feats[None, :]
+    return base, lvl * 0 + jac_stride_d
 
 
 @triton.jit
 def _hash_grid_jac_fwd_kernel(
-    X, TABLE, OUT, JAC, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    X, TABLE, OUT, JAC, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points, jac_stride_d, jac_stride_level, jac_stride_point,
     N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -175,18 +186,20 @@ def _hash_grid_jac_fwd_kernel(
         jz += ((wx * wy) * (1.0 if bz else -1.0))[:, None] * val
     column = level * F + feats[None, :]
     tl.store(OUT + offs[:, None] * (N_LEVELS * F) + column, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
-    jac_ptr = JAC + offs[:, None] * (3 * N_LEVELS * F) + column
+    jac_ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
     tl.store(jac_ptr, (jx * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
-    tl.store(jac_ptr + N_LEVELS * F, (jy * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
-    tl.store(jac_ptr + 2 * N_LEVELS * F, (jz * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + stride_d, (jy * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + 2 * stride_d, (jz * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
 
 
 @triton.jit
 def _hash_grid_jac_bwd_kernel(
     X, TABLE, DOUT, DJAC, DTABLE, DX, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    jac_stride_d, jac_stride_level, jac_stride_point,
     N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
     NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr,
 ):
+    # DJAC is laid out as JAC (the strides).
     # dtable[row_c] += w_c·dy + scale·Σ_d ∂w_c/∂f_d·dJ_d;  dx_e = scale·Σ_c (∂w_c/∂f_e·⟨v_c, dy⟩
     #                  + scale·Σ_{d≠e} ∂²w_c/∂f_d∂f_e·⟨v_c, dJ_d⟩), with ∂²w/∂f_x∂f_y = s_x·s_y·ωz etc.
     pid = tl.program_id(0)
@@ -198,10 +211,10 @@ def _hash_grid_jac_bwd_kernel(
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
     column = level * F + feats[None, :]
     dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0).to(tl.float32)
-    djac_ptr = DJAC + offs[:, None] * (3 * N_LEVELS * F) + column  # axis-major, as JAC
+    djac_ptr, stride_d = _jac_pointers(DJAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
     djx = tl.load(djac_ptr, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-    djy = tl.load(djac_ptr + N_LEVELS * F, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-    djz = tl.load(djac_ptr + 2 * N_LEVELS * F, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    djy = tl.load(djac_ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    djz = tl.load(djac_ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
     dfx = tl.zeros([BLOCK], dtype=tl.float32)
     dfy = tl.zeros([BLOCK], dtype=tl.float32)
     dfz = tl.zeros([BLOCK], dtype=tl.float32)

@@ -27,7 +27,7 @@ TOLERANCES = {
     torch.float16: dict(atol=1e-3, rtol=1e-3),
 }
 
-_BLOCK = 128
+BLOCK = 128  # points per program
 _AUTO_ORDER = ["tcnn", "triton", "torch"]
 
 
@@ -48,21 +48,33 @@ def _level_tables(config: HashGridConfig, device: torch.device):
     )
 
 
-def _launch_backward(ctx, kernel, *grads):
+def _launch_backward(ctx, kernel, *grads, extra_args=()):
     """Both Functions' backward: fp32 buffers for the gradients asked for (atomics accumulate in
-    fp32), one launch of ``kernel(x, table, *grads, dtable, dx, …)``, the table gradient cast back."""
-    x, table = ctx.saved_tensors
+    fp32), one launch of ``kernel(x, table, *grads, dtable, dx, …, n_points, *extra_args)``, the
+    table gradient cast back."""
+    x, table = ctx.saved_tensors[:2]
     config = ctx.config
     need_dx, need_dtable = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_dtable else table
     dx = torch.zeros(x.shape, device=x.device, dtype=torch.float32) if need_dx else x  # unused pointer if not
-    grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
+    grid = (cdiv(x.shape[0], BLOCK), config.n_levels)
     kernel[grid](
-        x, table, *(g.contiguous() for g in grads), dtable, dx, *_level_tables(config, x.device), x.shape[0],
-        N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK,
+        x, table, *(g.contiguous() for g in grads), dtable, dx, *_level_tables(config, x.device), x.shape[0], *extra_args,
+        N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=BLOCK,
         NEED_DTABLE=need_dtable, NEED_DX=need_dx,
     )
     return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
+
+
+def axis_major_strides(n_points: int, config: HashGridConfig) -> tuple[int, int, int]:
+    """Element strides (axis, level, point) of J stored as ``[P, 3, L·F]``."""
+    return config.n_output_dims, config.n_features_per_level, 3 * config.n_output_dims
+
+
+def level_major_strides(n_points: int, config: HashGridConfig) -> tuple[int, int, int]:
+    """Element strides (axis, level, point) of J stored as ``[3, L, P, F]``."""
+    f = config.n_features_per_level
+    return config.n_levels * n_points * f, n_points * f, f
 
 
 class _HashGridFunction(torch.autograd.Function):
@@ -72,9 +84,9 @@ class _HashGridFunction(torch.autograd.Function):
 
         meta = _level_tables(config, x.device)
         out = torch.empty(x.shape[0], config.n_output_dims, device=x.device, dtype=table.dtype)
-        grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (cdiv(x.shape[0], BLOCK), config.n_levels)
         tk._hash_grid_fwd_kernel[grid](x, table, out, *meta, x.shape[0], N_LEVELS=config.n_levels,
-                                       F=config.n_features_per_level, BLOCK=_BLOCK)
+                                       F=config.n_features_per_level, BLOCK=BLOCK)
         ctx.save_for_backward(x, table)
         ctx.config = config
         return out
@@ -95,9 +107,10 @@ class _HashGridJacobianFunction(torch.autograd.Function):
         n_out = config.n_output_dims
         out = torch.empty(x.shape[0], n_out, device=x.device, dtype=table.dtype)
         jac = torch.empty(x.shape[0], 3, n_out, device=x.device, dtype=table.dtype)  # axis-major: see the kernel
-        grid = (cdiv(x.shape[0], _BLOCK), config.n_levels)
+        grid = (cdiv(x.shape[0], BLOCK), config.n_levels)
         tk._hash_grid_jac_fwd_kernel[grid](x, table, out, jac, *_level_tables(config, x.device), x.shape[0],
-                                           N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=_BLOCK)
+                                           *axis_major_strides(x.shape[0], config), N_LEVELS=config.n_levels,
+                                           F=config.n_features_per_level, BLOCK=BLOCK)
         ctx.save_for_backward(x, table)
         ctx.config = config
         return out, jac
@@ -107,7 +120,8 @@ class _HashGridJacobianFunction(torch.autograd.Function):
     def backward(ctx, dout, djac):
         from . import _hash_grid_triton as tk
 
-        return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac)
+        return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac,
+                                extra_args=axis_major_strides(ctx.saved_tensors[0].shape[0], ctx.config))
 
 
 def _tcnn_encode(x, table, config):

@@ -14,17 +14,30 @@ from .reference import mlp_head_with_input_grad_ref
 
 __all__ = ["mlp_head_with_input_grad"]
 
-_BLOCK = 64
+BLOCK = 64
 
 
-def _padded(n: int) -> int:  # tl.dot wants power-of-two widths of at least 16
+def padded(n: int) -> int:  # tl.dot wants power-of-two widths of at least 16
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _backward_programs(n_blocks: int, device: torch.device) -> int:
+def backward_programs(n_blocks: int, device: torch.device) -> int:
     if device.type == "cuda":
         return min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
     return min(n_blocks, 3)  # the interpreter: a few programs still exercise the partial sums
+
+
+def check_head_weights(op: str, w1, w2, n_in: int, device: torch.device) -> None:
+    """``w1 [H, n_in]`` and ``w2 [H]``, float32, on ``device``; else an error naming the argument."""
+    for name, t in (("w1", w1), ("w2", w2)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{op}: {name} must be float32 (the MLP's weights), got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but the inputs are on {device}")
+    if w1.dim() != 2 or w1.shape[1] != n_in or w2.shape != (w1.shape[0],):
+        raise ValueError(f"{op}: expected w1 [H, {n_in}] and w2 [H], got {tuple(w1.shape)} and {tuple(w2.shape)}")
 
 
 class _MLPHeadFunction(torch.autograd.Function):
@@ -35,8 +48,9 @@ class _MLPHeadFunction(torch.autograd.Function):
         n, (hidden, k) = y.shape[0], w1.shape
         raw = torch.empty(n, device=y.device, dtype=torch.float32)
         v = torch.empty(n, k, device=y.device, dtype=torch.float32)
-        tk._mlp_head_fwd_kernel[(cdiv(n, _BLOCK),)](
-            y, w1, w2, raw, v, n, K=k, H=hidden, KP=_padded(k), HP=_padded(hidden), BLOCK=_BLOCK)
+        tk._mlp_head_fwd_kernel[(cdiv(n, BLOCK),)](
+            y, w1, w2, raw, v, *(raw,) * 4, n, 0, 0, K=k, H=hidden, KP=padded(k), HP=padded(hidden), BLOCK=BLOCK,
+            F=1, WITH_JAC=False)  # raw stands in for the unused Jacobian pointers
         ctx.save_for_backward(y, w1, w2)
         return raw, v
 
@@ -47,17 +61,23 @@ class _MLPHeadFunction(torch.autograd.Function):
 
         y, w1, w2 = ctx.saved_tensors
         n, (hidden, k) = y.shape[0], w1.shape
-        kp, hp = _padded(k), _padded(hidden)
+        kp, hp = padded(k), padded(hidden)
         draw = torch.zeros(n, device=y.device, dtype=torch.float32) if draw is None else draw.contiguous()
         dv = torch.zeros(n, k, device=y.device, dtype=torch.float32) if dv is None else dv.contiguous()
-        n_blocks = cdiv(n, _BLOCK)
-        programs = max(1, _backward_programs(n_blocks, y.device))
+        n_blocks = cdiv(n, BLOCK)
+        programs = max(1, backward_programs(n_blocks, y.device))
         dy = torch.empty_like(y)
         dw1 = torch.empty(programs, hp, kp, device=y.device, dtype=torch.float32)
         dw2 = torch.empty(programs, hp, device=y.device, dtype=torch.float32)
         tk._mlp_head_bwd_kernel[(programs,)](
-            y, w1, w2, draw, dv, dy, dw1, dw2, n, n_blocks, K=k, H=hidden, KP=kp, HP=hp, BLOCK=_BLOCK)
-        return dy, dw1.sum(0)[:hidden, :k].to(w1.dtype), dw2.sum(0)[:hidden].to(w2.dtype)
+            y, w1, w2, draw, dv, dy, dw1, dw2, *(draw,) * 8, n, n_blocks, 0, 0, K=k, H=hidden, KP=kp, HP=hp,
+            BLOCK=BLOCK, F=1, WITH_JAC=False, HAS_DFEATS=False)  # draw stands in for the unused pointers
+        return dy, *sum_weight_partials(dw1, dw2, hidden, k, w1.dtype)
+
+
+def sum_weight_partials(dw1, dw2, hidden, k, dtype):
+    """The backward kernel's per-program partials ``[n, HP, KP]``, ``[n, HP]`` → ``dW₁ [H, K]``, ``dw₂ [H]``."""
+    return dw1.sum(0)[:hidden, :k].to(dtype), dw2.sum(0)[:hidden].to(dtype)
 
 
 def mlp_head_with_input_grad(
@@ -93,17 +113,13 @@ def mlp_head_with_input_grad(
         >>> torch.allclose(raw, torch.relu(y @ w1.T) @ w2, atol=1e-5)
         True
     """
-    for name, t in (("y", y), ("w1", w1), ("w2", w2)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"mlp_head_with_input_grad: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if y.dim() != 2 or w1.dim() != 2 or w1.shape[1] != y.shape[1] or w2.shape != (w1.shape[0],):
-        raise ValueError(f"mlp_head_with_input_grad: expected y [P, K], w1 [H, K], w2 [H], got "
-                         f"{tuple(y.shape)}, {tuple(w1.shape)}, {tuple(w2.shape)}")
-    if y.dtype not in (torch.float32, torch.float16) or w1.dtype != torch.float32 or w2.dtype != torch.float32:
-        raise TypeError(f"mlp_head_with_input_grad: y must be float32 or float16 and the weights float32, got "
-                        f"{y.dtype}, {w1.dtype}, {w2.dtype}")
-    if not (y.device == w1.device == w2.device):
-        raise ValueError(f"mlp_head_with_input_grad: y, w1, w2 must share a device, got {y.device}, {w1.device}, {w2.device}")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"mlp_head_with_input_grad: y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 2:
+        raise ValueError(f"mlp_head_with_input_grad: y must have shape [P, K], got {tuple(y.shape)}")
+    if y.dtype not in (torch.float32, torch.float16):
+        raise TypeError(f"mlp_head_with_input_grad: y must be float32 or float16, got {y.dtype}")
+    check_head_weights("mlp_head_with_input_grad", w1, w2, y.shape[1], y.device)
     reasons = {"triton": triton_device_reasons(y.device, y.dtype), "torch": []}
     order = ["triton", "torch"] if y.device.type == "cuda" else ["torch"]
     if select_backend("mlp_head_with_input_grad", backend, reasons, order) == "torch":

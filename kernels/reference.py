@@ -14,7 +14,8 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .hash_grid_config import HashGridConfig
 
-__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "joint_attention_via_concat", "mlp_head_with_input_grad_ref",
+__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "hash_grid_density_with_gradient_ref", "joint_attention_via_concat",
+           "mlp_head_with_input_grad_ref",
            "mv_attention_naive", "mv_attention_ref"]
 
 
@@ -203,3 +204,17 @@ def mlp_head_with_input_grad_ref(
     raw = (h * active) @ w2
     v = (active * w2) @ w1
     return raw, v
+
+
+def hash_grid_density_with_gradient_ref(
+    x: torch.Tensor,  # [P, 3] float32 in [0, 1]
+    table: torch.Tensor,  # [n_params]
+    config: HashGridConfig,
+    w1: torch.Tensor,  # [H, L·F]
+    w2: torch.Tensor,  # [H]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [P, L·F], [P], [P, 3]
+    """PyTorch twin of :func:`iso3d.kernels.density_gradient.hash_grid_density_with_gradient`: the
+    encoding with its Jacobian, the density head with its input gradient, and ``g = Jᵀv``."""
+    feats, jac = hash_grid_encode_with_jacobian_ref(x, table, config)
+    raw, v = mlp_head_with_input_grad_ref(feats, w1, w2)
+    return feats, raw, (jac * v[:, :, None]).sum(1)

@@ -44,6 +44,7 @@ def test_all_names_exist(module):
         "iso3d.kernels.hash_grid",
         "iso3d.kernels.hash_grid_config",
         "iso3d.kernels.mlp_head",
+        "iso3d.kernels.density_gradient",
         "iso3d.utils.imports",
         "iso3d.utils.torchvision_compat",
         "iso3d.cameras",
@@ -109,4 +110,4 @@ def test_selftest_command_passes():
     code = "from iso3d.cli import main; raise SystemExit(main(['selftest']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 4
+    assert result.stdout.count("ok ") == 6  # attention fp32 + fp16, hash grid, Jacobian, density head, fused density

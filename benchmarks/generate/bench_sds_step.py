@@ -103,8 +103,9 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     renderer (with nerfacc's sampler, or ``build_grid``: the occupancy grid updated 16 times).
 
     ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's.
-    ``prune``: α/T pruning on or off; None: the provider's. ``density_head``: the field's
-    ``density_head_backend``; None: the PyTorch twin where the hash grid is the twin, else auto."""
+    ``prune``: α/T pruning on or off; None: the provider's. ``density_head``: how analytic normals run,
+    ``"fused"`` (one op: ``FieldConfig.analytic_normals_impl="fused"``, the default) or the separate ops
+    with the density head on ``"triton"`` or ``"torch"``; None: the config's (fused, on the hash grid's backend)."""
     backend_attn, backend_grid, sampler, provider_prune = PROVIDERS[provider]
     prune = provider_prune if prune is None else prune
     build_grid = sampler == "nerfacc" if build_grid is None else build_grid
@@ -115,9 +116,9 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     if normal_type is not None:
         cfg = dataclasses.replace(cfg, normals=True, field=dataclasses.replace(cfg.field, normal_type=normal_type))
     blob_density, blob_radius = FIELD_STATES[field_state]
-    density_head = density_head or ("torch" if backend_grid == "torch" else "auto")
+    head = {} if density_head in (None, "fused") else dict(analytic_normals_impl="separate", density_head_backend=density_head)
     cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, blob_density=blob_density,
-                                                             blob_radius=blob_radius, density_head_backend=density_head),
+                                                             blob_radius=blob_radius, **head),
                               renderer=renderer_cfg)
     model.unet.backend = backend_attn
     model.unet.install_processors()
@@ -225,12 +226,13 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head=None)
 
 
-@pytest.mark.parametrize("density_head", ["triton", "torch"])
+@pytest.mark.parametrize("density_head", ["fused", "triton", "torch"])
 @pytest.mark.parametrize("field_state", list(FIELD_STATES))
 @pytest.mark.parametrize("stage", [64, 256])
 def test_sds_step_density_head(run_bench, bench_device, smoke, model, stage, field_state, density_head):
-    """The fastest step (graphed UNet) with the field's density head (the MLP and its input gradient,
-    for analytic normals) as the fused Triton kernel or the PyTorch twin (GPU only)."""
+    """The fastest step (graphed UNet) with analytic normals through the fused op (hash grid + density
+    MLP + ∂raw/∂x: ``fused``), or through the separate ops with the density head (the MLP and its input
+    gradient) as its Triton kernel (``triton``) or its PyTorch twin (``torch``, the baseline) (GPU only)."""
     if bench_device.type != "cuda":
         pytest.skip("the fused density head runs only in Triton's interpreter on CPU, and CUDA graphs need a GPU")
     _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, True, density_head=density_head)
@@ -266,7 +268,7 @@ def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state,
                   max_rounds=None if on_gpu else 3,
                   extra=dict(model=label, render_size=size, views=frames, field_state=field_state, cuda_graph=graphed,
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
-                             density_head=fld.config.density_head_backend,
+                             analytic_normals=fld.config.analytic_normals_impl, density_head=density_head or "fused",
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
                              samples_marched=samples[1],
                              note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray) "

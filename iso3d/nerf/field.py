@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iso3d.kernels.density_gradient import hash_grid_density_with_gradient
 from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode_with_jacobian
 from iso3d.kernels.mlp_head import mlp_head_with_input_grad
 
@@ -36,9 +37,16 @@ class FieldConfig:
     normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "analytic"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
-    # The density MLP with its input gradient, for analytic normals (iso3d.kernels.mlp_head):
-    # auto (the fused Triton kernel on CUDA, the PyTorch twin on CPU) | triton | torch.
+    # How analytic normals are computed (any hash-grid backend but tcnn): "fused", the grid, the density
+    # MLP and ∂raw/∂x in one op (iso3d.kernels.density_gradient, on the hash grid's backend), or
+    # "separate": the grid's Jacobian op, the density head op (iso3d.kernels.mlp_head, on
+    # density_head_backend: auto | triton | torch) and a PyTorch contraction (kept for comparison).
+    analytic_normals_impl: Literal["fused", "separate"] = "fused"
     density_head_backend: str = "auto"
+
+    def __post_init__(self):
+        if self.analytic_normals_impl not in ("fused", "separate"):
+            raise ValueError(f"FieldConfig: analytic_normals_impl must be 'fused' or 'separate', got {self.analytic_normals_impl!r}")
 
 
 @dataclass
@@ -118,17 +126,23 @@ class ImplicitVolume(nn.Module):
     def _analytic_normals(self, x: torch.Tensor):
         """σ, features and −∇σ/‖∇σ‖ with ``∇σ = σ'(·)·(Jᵀ·∂raw/∂y·∂u/∂x + ∇bias)`` in closed form."""
         unscaled = self._unclamped_unit(x)
-        feats, jac = hash_grid_encode_with_jacobian(unscaled.clamp(0.0, 1.0), self.encoding.params,
-                                                    self.encoding.config, backend=self.encoding.backend,
-                                                    check_range=False)
-        # The density MLP (Linear → ReLU → Linear, no biases) and ∂raw/∂y in one fused pass (triton on CUDA).
-        first, last = self.density_mlp[0], self.density_mlp[2]
-        raw, draw_dfeats = mlp_head_with_input_grad(feats, first.weight, last.weight[0], backend=self.config.density_head_backend)
+        unit, params, grid = unscaled.clamp(0.0, 1.0), self.encoding.params, self.encoding.config
+        # The density MLP is Linear → ReLU → Linear without biases: its two weights are the head's.
+        w1, w2 = self.density_mlp[0].weight, self.density_mlp[2].weight[0]
+        if self.config.analytic_normals_impl == "fused":
+            backend = self.encoding.backend if self.encoding.backend in ("triton", "torch") else "auto"
+            feats, raw, grad_unit = hash_grid_density_with_gradient(unit, params, grid, w1, w2, backend=backend,
+                                                                    check_range=False)
+        else:
+            feats, jac = hash_grid_encode_with_jacobian(unit, params, grid, backend=self.encoding.backend,
+                                                        check_range=False)
+            raw, draw_dfeats = mlp_head_with_input_grad(feats, w1, w2, backend=self.config.density_head_backend)
+            # A broadcast product summed over J's contiguous k axis. (einsum made it a batched matrix
+            # product of P 1×K×3 problems, which cuBLAS launches in chunks of 65535: ~50 ms of a 256²
+            # step on an H100 at 10⁷ samples, ninth session's profile.)
+            grad_unit = (jac * draw_dfeats[:, :, None]).sum(1)
         inside = ((unscaled >= 0) & (unscaled <= 1)).to(x.dtype)  # clamp's derivative, as autograd takes it
-        # Jᵀ·∂raw/∂y as a broadcast product and a sum over the contiguous k axis of J's buffer. (einsum
-        # made it a batched matrix product of P 1×K×3 problems, which cuBLAS launches in chunks of 65535:
-        # ~50 ms of a 256² step on an H100 at 10⁷ samples, ninth session's profile.)
-        grad_raw = (jac * draw_dfeats[:, :, None]).sum(1) * (inside * (0.5 / self.config.radius))
+        grad_raw = grad_unit * (inside * (0.5 / self.config.radius))
         norm = x.norm(dim=-1, keepdim=True)
         safe_norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # ∇‖x‖ := 0 at 0, as autograd; no 0/0
         grad_bias = -(self.config.blob_density / self.config.blob_radius) * (x / safe_norm)

@@ -72,10 +72,12 @@ def test_backward_with_one_output_unused(device):
 
 def test_bad_input_names_the_argument():
     y, w1, w2 = _inputs(4, 8, 16, torch.float32, "cpu", seed=0)
-    with pytest.raises(ValueError, match="w1 \\[H, K\\]"):
+    with pytest.raises(ValueError, match="w1 \\[H, 8\\]"):
         mlp_head_with_input_grad(y, w1[:, :4], w2)
-    with pytest.raises(TypeError, match="weights float32"):
+    with pytest.raises(TypeError, match="w1 must be float32"):
         mlp_head_with_input_grad(y, w1.double(), w2)
+    with pytest.raises(ValueError, match="y must have shape"):
+        mlp_head_with_input_grad(y[0], w1, w2)
     with pytest.raises(TypeError, match="y must be a torch.Tensor"):
         mlp_head_with_input_grad(y.tolist(), w1, w2)
     with pytest.raises(ValueError, match="backend must be"):

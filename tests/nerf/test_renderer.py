@@ -219,8 +219,9 @@ def test_analytic_and_finite_difference_normals_agree():
     assert ((analytic * torch.nn.functional.normalize(x, dim=-1)).sum(-1) > 0.9).all()
 
 
+@pytest.mark.parametrize("impl", ["fused", "separate"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_closed_form_analytic_normals_match_double_backward(backend, device):
+def test_closed_form_analytic_normals_match_double_backward(backend, impl, device):
     # The closed form (the encoding's Jacobian chained through the MLP) against autograd's double
     # backward through the PyTorch twin (the path tcnn takes): same σ and normals, and the same
     # gradients of a loss on the normals in every parameter (the SDS step's orientation loss and
@@ -233,7 +234,7 @@ def test_closed_form_analytic_normals_match_double_backward(backend, device):
     results = []
     for field_backend, path in ((backend, "_analytic_normals"), ("torch", "_analytic_normals_autograd")):
         field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=field_backend,
-                                           density_head_backend=field_backend), seed=0)
+                                           analytic_normals_impl=impl, density_head_backend=field_backend), seed=0)
         field = field.to(device).train()
         with torch.no_grad():
             field.encoding.params.copy_(params)
@@ -248,7 +249,7 @@ def test_closed_form_analytic_normals_match_double_backward(backend, device):
         torch.testing.assert_close(got, want, atol=1e-4 * (1 + want.abs().max().item()), rtol=1e-4)
     # The public path picks the closed form for every backend but tcnn.
     field = ImplicitVolume(FieldConfig(encoding=SMALL_GRID, normal_type="analytic", backend=backend,
-                                       density_head_backend=backend), seed=0).to(device)
+                                       analytic_normals_impl=impl, density_head_backend=backend), seed=0).to(device)
     with torch.no_grad():
         field.encoding.params.copy_(params)
         torch.testing.assert_close(field(x, with_normals=True).normal, n_closed, atol=1e-6, rtol=1e-6)
