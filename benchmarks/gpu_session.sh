@@ -175,7 +175,7 @@ for b in $BENCHES; do
     jacobian) bench jacobian 40 benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
     mlp_head) bench mlp_head 45 benchmarks/kernels/bench_mlp_head.py ;;
     density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k "density_head ${HEAD_K:+and $HEAD_K}" ;;
-    density_gradient) bench density_gradient "${GRADIENT_LIMIT:-90}" benchmarks/kernels/bench_density_gradient.py ;;
+    density_gradient) bench density_gradient "${GRADIENT_LIMIT:-90}" benchmarks/kernels/bench_density_gradient.py ${GRADIENT_K:+-k "$GRADIENT_K"} ;;
   esac
 done
 # BASE=folder (carried): an earlier commit's tree (git archive COMMIT | tar -x -C runs/base), whose
