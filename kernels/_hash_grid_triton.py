@@ -194,12 +194,13 @@ def _hash_grid_jac_fwd_kernel(
 
 @triton.jit
 def _hash_grid_jac_bwd_kernel(
-    X, TABLE, DOUT, DJAC, DTABLE, DX, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
+    X, TABLE, DOUT, DJAC, DG, DTABLE, DX, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
     jac_stride_d, jac_stride_level, jac_stride_point,
     N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
-    NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr,
+    NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr, DJAC_OUTER: tl.constexpr,
 ):
-    # DJAC is laid out as JAC (the strides).
+    # DJAC is laid out as JAC (the strides); or, DJAC_OUTER (the fused density op, where g = Jᵀv),
+    # dJ = v ⊗ dg is never stored: DJAC is v, point-major [P, L·F] fp32, and DG is dg [P, 3].
     # dtable[row_c] += w_c·dy + scale·Σ_d ∂w_c/∂f_d·dJ_d;  dx_e = scale·Σ_c (∂w_c/∂f_e·⟨v_c, dy⟩
     #                  + scale·Σ_{d≠e} ∂²w_c/∂f_d∂f_e·⟨v_c, dJ_d⟩), with ∂²w/∂f_x∂f_y = s_x·s_y·ωz etc.
     pid = tl.program_id(0)
@@ -211,10 +212,16 @@ def _hash_grid_jac_bwd_kernel(
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
     column = level * F + feats[None, :]
     dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0).to(tl.float32)
-    djac_ptr, stride_d = _jac_pointers(DJAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
-    djx = tl.load(djac_ptr, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-    djy = tl.load(djac_ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-    djz = tl.load(djac_ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    if DJAC_OUTER:
+        v = tl.load(DJAC + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0) * scale
+        djx = v * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
+        djy = v * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
+        djz = v * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
+    else:
+        djac_ptr, stride_d = _jac_pointers(DJAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+        djx = tl.load(djac_ptr, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+        djy = tl.load(djac_ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+        djz = tl.load(djac_ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
     dfx = tl.zeros([BLOCK], dtype=tl.float32)
     dfy = tl.zeros([BLOCK], dtype=tl.float32)
     dfz = tl.zeros([BLOCK], dtype=tl.float32)
@@ -245,3 +252,22 @@ def _hash_grid_jac_bwd_kernel(
         tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
         tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
         tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)
+
+
+@triton.jit
+def _jac_matvec_kernel(
+    JAC, DG, DV, n_points, jac_stride_d, jac_stride_level, jac_stride_point,
+    N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # dv[p, l·F + f] = Σ_d J_d[l, p, f]·dg[p, d]: the gradient that g = Jᵀv sends to v (the fused
+    # density op's backward). One level per program, like the kernels above: J is read in contiguous runs.
+    pid = tl.program_id(0)
+    level = tl.program_id(1)
+    offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+    dv = tl.load(ptr, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
+    dv += tl.load(ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
+    dv += tl.load(ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
+    tl.store(DV + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], dv, mask=mask[:, None])

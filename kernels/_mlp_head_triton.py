@@ -6,11 +6,12 @@ Jacobian. One program handles BLOCK points; the hidden layer lives in registers,
 tensor reaches memory (PyTorch materializes several, and launches cuBLAS GEMMs and GEMVs that the
 ninth session's H100 profile found inefficient for P ≈ 10⁷ rows of 32 → 64).
 
-``WITH_JAC`` (the fused density op, density_gradient.py): the kernels also take the hash grid's
-Jacobian, level-major ``J_d[l, p, f]`` (one pointer per axis d), and contract it in registers: the
-forward stores ``g = Jᵀv`` ``[P, 3]`` instead of ``v``; the backward takes ``dg``, forms
-``dv = J·dg`` and writes ``dJ = v ⊗ dg`` (fp32, level-major) for the hash grid's backward, and adds
-the features' own cotangent (``HAS_DFEATS``) to ``dy``.
+``WITH_JAC`` (the fused density op, density_gradient.py): the forward also takes the hash grid's
+Jacobian, level-major ``J_d[l, p, f]`` (one pointer per axis d), and stores ``g = Jᵀv`` ``[P, 3]``
+beside ``v``. Its backward is this file's backward kernel with the features' own cotangent added to
+``dy`` (``HAS_DFEATS``), after ``_jac_matvec_kernel`` (``dv = J·dg``); the hash grid's backward forms
+``dJ = v ⊗ dg`` on the fly. (A first version also did the J part inside the backward kernel: it
+spilled 20 KB per thread on sm_90 and made the step 2.9× slower; compile_check reports spills.)
 
 Backward: a persistent grid; each program loops over blocks of points, writes ``dy`` per point and
 accumulates its share of ``dW₁`` and ``dw₂`` in registers, then stores one partial per program (the
@@ -25,8 +26,28 @@ TF32), so the result matches the PyTorch twin to fp32 rounding.
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+from ._backends import interpreter_active
+
+# Autotuning candidates (BLOCK points per program, num_warps). (64, 4) is what the ninth session
+# measured in the SDS step; for sm_90 ptxas spills it (fwd 156 B, bwd 1.5 KB per thread; 21.7 KB
+# with the fused op's extra cotangent), and only (16, 8) is spill-free in every variant
+# (``python -m iso3d.kernels.compile_check`` prints the report). ``ISO3D_TRITON_AUTOTUNE=0`` keeps
+# only the default; with autotuning (the default on a GPU) the fastest candidate is timed and kept.
+TILES = [(16, 8), (32, 8), (64, 4), (32, 4)]
+DEFAULT_TILE = (16, 8)
+MIN_BLOCK = min(b for b, _ in TILES)
+
+
+def _configs():
+    if interpreter_active():  # autotuning needs a GPU
+        return [triton.Config({"BLOCK": 32}, num_warps=4)]
+    chosen = TILES if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [DEFAULT_TILE]
+    return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in chosen]
 
 
 @triton.jit
@@ -44,11 +65,12 @@ def _jac_offsets(rows, ks, j_stride_level, j_stride_point, F: tl.constexpr):
     return (ks // F).to(tl.int64)[None, :] * j_stride_level + rows[:, None] * j_stride_point + (ks % F)[None, :]
 
 
+@triton.autotune(configs=_configs(), key=["K", "H", "WITH_JAC"])
 @triton.jit
 def _mlp_head_fwd_kernel(
     Y, W1, W2, RAW, V, J0, J1, J2, G, n_points, j_stride_level, j_stride_point,
-    K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr,
-    F: tl.constexpr, WITH_JAC: tl.constexpr,
+    K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr,
+    F: tl.constexpr, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
@@ -62,6 +84,7 @@ def _mlp_head_fwd_kernel(
     raw = tl.sum(tl.where(active, h, 0.0) * w2[None, :], axis=1)
     v = tl.dot(tl.where(active, w2[None, :], 0.0), w1, input_precision="ieee")  # [BLOCK, KP]
     tl.store(RAW + rows, raw, mask=in_rows)
+    tl.store(V + rows[:, None] * K + ks[None, :], v, mask=tile)
     if WITH_JAC:
         jp = _jac_offsets(rows, ks, j_stride_level, j_stride_point, F)
         gx = tl.sum(v * tl.load(J0 + jp, mask=tile, other=0.0).to(tl.float32), axis=1)
@@ -70,19 +93,20 @@ def _mlp_head_fwd_kernel(
         tl.store(G + rows * 3 + 0, gx, mask=in_rows)
         tl.store(G + rows * 3 + 1, gy, mask=in_rows)
         tl.store(G + rows * 3 + 2, gz, mask=in_rows)
-    else:
-        tl.store(V + rows[:, None] * K + ks[None, :], v, mask=tile)
 
 
+@triton.autotune(configs=_configs(), key=["K", "H", "HAS_DFEATS"])
 @triton.jit
 def _mlp_head_bwd_kernel(
-    Y, W1, W2, DRAW, DV, DY, DW1_PARTIAL, DW2_PARTIAL, J0, J1, J2, DG, DFEATS, DJ0, DJ1, DJ2,
-    n_points, n_blocks, j_stride_level, j_stride_point,
-    K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr,
-    F: tl.constexpr, WITH_JAC: tl.constexpr, HAS_DFEATS: tl.constexpr,
+    Y, W1, W2, DRAW, DV, DFEATS, DY, DW1_PARTIAL, DW2_PARTIAL, n_points,
+    K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr,
+    HAS_DFEATS: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # The grid is fixed by the caller, not by BLOCK: a program beyond the last block stores zero
+    # partials, so every tile (autotuning) writes every row the caller sums.
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
+    n_blocks = tl.cdiv(n_points, BLOCK)
     ks = tl.arange(0, KP)
     hs = tl.arange(0, HP)
     w1, w2 = _load_weights(W1, W2, K, H, KP, HP)
@@ -94,23 +118,10 @@ def _mlp_head_bwd_kernel(
         tile = in_rows[:, None] & (ks[None, :] < K)
         y = tl.load(Y + rows[:, None] * K + ks[None, :], mask=tile, other=0.0).to(tl.float32)
         draw = tl.load(DRAW + rows, mask=in_rows, other=0.0).to(tl.float32)
+        dv = tl.load(DV + rows[:, None] * K + ks[None, :], mask=tile, other=0.0).to(tl.float32)
         h = tl.dot(y, tl.trans(w1), input_precision="ieee")  # [BLOCK, HP]
         active = h > 0
         gate = tl.where(active, w2[None, :], 0.0)  # w₂ ⊙ mask, per point
-        if WITH_JAC:
-            v = tl.dot(gate, w1, input_precision="ieee")  # recomputed: cheaper than storing [P, K]
-            jp = _jac_offsets(rows, ks, j_stride_level, j_stride_point, F)
-            dgx = tl.load(DG + rows * 3 + 0, mask=in_rows, other=0.0)[:, None]
-            dgy = tl.load(DG + rows * 3 + 1, mask=in_rows, other=0.0)[:, None]
-            dgz = tl.load(DG + rows * 3 + 2, mask=in_rows, other=0.0)[:, None]
-            dv = (tl.load(J0 + jp, mask=tile, other=0.0).to(tl.float32) * dgx
-                  + tl.load(J1 + jp, mask=tile, other=0.0).to(tl.float32) * dgy
-                  + tl.load(J2 + jp, mask=tile, other=0.0).to(tl.float32) * dgz)
-            tl.store(DJ0 + jp, v * dgx, mask=tile)
-            tl.store(DJ1 + jp, v * dgy, mask=tile)
-            tl.store(DJ2 + jp, v * dgz, mask=tile)
-        else:
-            dv = tl.load(DV + rows[:, None] * K + ks[None, :], mask=tile, other=0.0).to(tl.float32)
         a = tl.dot(dv, tl.trans(w1), input_precision="ieee")  # ∂L/∂gate
         dw2 += tl.sum(tl.where(active, a + h * draw[:, None], 0.0), axis=0)
         dh = gate * draw[:, None]

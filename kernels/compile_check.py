@@ -72,7 +72,9 @@ def _signature(jit, args: tuple, kwargs: dict, extra_consts: dict) -> tuple[dict
     return signature, constants
 
 
-def _compile(launch: _Launch, tile, arch: int) -> None:
+def _compile(launch: _Launch, tile, arch: int) -> str:
+    """Compile one launch (``tile``: an autotuned kernel's ``triton.Config``, or the mv_attention
+    tuple ``(BLOCK_M, BLOCK_N, warps, stages)``); returns ptxas' register and spill report."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -81,11 +83,44 @@ def _compile(launch: _Launch, tile, arch: int) -> None:
     jit, extra, options = launch.kernel, {}, {}
     if isinstance(jit, Autotuner):
         jit = jit.fn
-        bm, bn, warps, stages = tile
-        extra, options = {"BLOCK_M": bm, "BLOCK_N": bn}, {"num_warps": warps, "num_stages": stages}
+        if isinstance(tile, triton.Config):
+            extra, options = dict(tile.kwargs), {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        else:
+            bm, bn, warps, stages = tile
+            extra, options = {"BLOCK_M": bm, "BLOCK_N": bn}, {"num_warps": warps, "num_stages": stages}
     signature, constants = _signature(jit, launch.args, launch.kwargs, extra)
-    triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
-                   target=GPUTarget("cuda", arch, 32), options=options)
+    compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", arch, 32), options=options)
+    return resource_report(compiled.asm["ptx"], arch)
+
+
+def resource_report(ptx: str, arch: int) -> str:
+    """``"regs N, spill S B"`` from ``ptxas -v`` (Triton's own ptxas for the arch); "" if unavailable.
+
+    Spills (local-memory stores per thread) are what made the first fused density kernel 2.9× slower:
+    they are worth a look before any GPU time is spent."""
+    import re
+    import subprocess
+    import tempfile
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(arch).path
+    except (ImportError, AttributeError):
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/kernel.ptx"
+        with open(path, "w") as f:
+            f.write(ptx)
+        suffix = "a" if arch >= 90 else ""
+        out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", path, "-o", f"{tmp}/kernel.cubin"],
+                             capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", out.stderr)
+    spill = re.search(r"(\d+) bytes spill stores", out.stderr)
+    if not regs or not spill:
+        return ""
+    return f"regs {regs.group(1)}, spill {spill.group(1)} B"
 
 
 def _record_mv_attention(dtype: torch.dtype, mode: str) -> list[_Launch]:
@@ -135,6 +170,35 @@ def _record_hash_grid(dtype: torch.dtype) -> list[_Launch]:
     return [launch for r in recorders.values() for launch in r.launches]
 
 
+def _record_density(dtype: torch.dtype) -> list[_Launch]:
+    """The density head op and the fused density op, forward and backward (table in ``dtype``)."""
+    from . import _hash_grid_triton as grid_k, _mlp_head_triton as head_k
+    from .density_gradient import _DensityGradientFunction
+    from .hash_grid_config import HashGridConfig
+    from .mlp_head import _MLPHeadFunction
+
+    modules = {head_k: ["_mlp_head_fwd_kernel", "_mlp_head_bwd_kernel"],
+               grid_k: ["_hash_grid_jac_fwd_kernel", "_jac_matvec_kernel", "_hash_grid_jac_bwd_kernel"]}
+    originals = {(m, n): getattr(m, n) for m, names in modules.items() for n in names}
+    recorders = {key: _Recorder(k) for key, k in originals.items()}
+    config = HashGridConfig(n_levels=16, log2_hashmap_size=12)  # K = 32, the official width
+    x = torch.rand(100, 3)
+    table = torch.zeros(config.n_params, dtype=dtype, requires_grad=True)
+    w1 = torch.zeros(64, config.n_output_dims, requires_grad=True)
+    w2 = torch.zeros(64, requires_grad=True)
+    try:
+        for (m, n), r in recorders.items():
+            setattr(m, n, r)
+        raw, v = _MLPHeadFunction.apply(torch.zeros(100, config.n_output_dims, requires_grad=True), w1, w2)
+        (raw.sum() + v.sum()).backward()
+        feats, raw, grad = _DensityGradientFunction.apply(x, table, w1, w2, config)
+        (feats.float().sum() + raw.sum() + grad.sum()).backward()
+    finally:
+        for (m, n), kernel in originals.items():
+            setattr(m, n, kernel)
+    return [launch for r in recorders.values() for launch in r.launches]
+
+
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALL_MODES = ("none", "full", "kv")
 
@@ -150,13 +214,31 @@ def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles
 
     if interpreter_active():
         raise RuntimeError("compile_check needs TRITON_INTERPRET unset: the interpreter replaces the kernels")
+    from . import _mlp_head_triton as head_k
+
     count = 0
     for dtype in dtypes:
         for launch in _record_hash_grid(dtype):
             t0 = time.perf_counter()
-            _compile(launch, None, arch)
+            report = _compile(launch, None, arch)
             count += 1
-            log(f"ok  {launch.kernel.fn.__name__} table={str(dtype)[6:]} ({time.perf_counter() - t0:.1f}s)")
+            log(f"ok  {launch.kernel.fn.__name__} table={str(dtype)[6:]} ({time.perf_counter() - t0:.1f}s) {report}")
+        if dtype != torch.bfloat16:  # hash tables are float32 or float16
+            for launch in _record_density(dtype):
+                tunable = hasattr(launch.kernel, "configs")
+                tiles = [None]
+                if tunable:
+                    block, warps = head_k.DEFAULT_TILE
+                    tiles = [triton_config(block, warps)]
+                    if all_tiles:
+                        tiles = [triton_config(b, w) for b, w in head_k.TILES]
+                for tile in tiles:
+                    t0 = time.perf_counter()
+                    report = _compile(launch, tile, arch)
+                    count += 1
+                    name = (launch.kernel.fn if tunable else launch.kernel).fn.__name__
+                    where = f" tile=({tile.kwargs['BLOCK']}, {tile.num_warps})" if tile is not None else ""
+                    log(f"ok  {name} table={str(dtype)[6:]}{where} ({time.perf_counter() - t0:.1f}s) {report}")
         for mode in modes:
             for launch in _record_mv_attention(dtype, mode):
                 tunable = hasattr(launch.kernel, "configs")
@@ -168,11 +250,17 @@ def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles
                         tiles = tk.FWD_TILES if is_fwd else tk.BWD_TILES
                 for tile in tiles:
                     t0 = time.perf_counter()
-                    _compile(launch, tile, arch)
+                    report = _compile(launch, tile, arch)
                     count += 1
                     name = (launch.kernel.fn if tunable else launch.kernel).fn.__name__
-                    log(f"ok  {name} {str(dtype)[6:]} ref={mode} tile={tile} ({time.perf_counter() - t0:.1f}s)")
+                    log(f"ok  {name} {str(dtype)[6:]} ref={mode} tile={tile} ({time.perf_counter() - t0:.1f}s) {report}")
     return count
+
+
+def triton_config(block: int, warps: int):
+    import triton
+
+    return triton.Config({"BLOCK": block}, num_warps=warps)
 
 
 def main(argv=None) -> int:

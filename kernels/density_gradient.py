@@ -1,12 +1,12 @@
 """Hash grid → density MLP → density gradient, fused: the analytic normals of the implicit volume.
 
 ``feats = y(x)`` (the hash encoding), ``raw = w₂ᵀ·relu(W₁·y)`` and ``g = ∂raw/∂x = J(x)ᵀ·v`` with
-``v = ∂raw/∂y``, in three kernels forward and two backward, where the separate ops
-(:func:`~iso3d.kernels.hash_grid.hash_grid_encode_with_jacobian`, then
-:func:`~iso3d.kernels.mlp_head.mlp_head_with_input_grad` and a PyTorch contraction) launch a dozen
-and move ``J``, ``v`` and the product ``J·v`` through memory several times. ``J`` is kept
-level-major, ``[3, L, P, F]``, so that the hash-grid kernel (one level per program) writes it and
-reads its gradient in contiguous runs.
+``v = ∂raw/∂y``: two kernels forward (the grid with its Jacobian; the MLP with the contraction) and
+three backward (``dv = J·dg``; the MLP's backward; the grid's, which forms ``dJ = v ⊗ dg`` on the
+fly), where the separate ops (:func:`~iso3d.kernels.hash_grid.hash_grid_encode_with_jacobian`,
+:func:`~iso3d.kernels.mlp_head.mlp_head_with_input_grad` and a PyTorch contraction) also move the
+product ``J·v`` and ``dJ`` through memory. ``J`` is kept level-major, ``[3, L, P, F]``, so that the
+one-level-per-program kernels write and read it in contiguous runs.
 
 Backends: ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``torch`` (the twin
 :func:`~iso3d.kernels.reference.hash_grid_density_with_gradient_ref`, the separate ops' twins composed).
@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from ._backends import cdiv, select_backend, triton_device_reasons
 from .hash_grid import (BLOCK as GRID_BLOCK, HashGridConfig, _check_inputs, _launch_backward, _level_tables,
                         level_major_strides)
-from .mlp_head import BLOCK as HEAD_BLOCK, backward_programs, check_head_weights, padded, sum_weight_partials
+from .mlp_head import check_head_weights, launch_head_backward, launch_head_forward
 from .reference import hash_grid_density_with_gradient_ref
 
 __all__ = ["hash_grid_density_with_gradient"]
@@ -29,50 +29,40 @@ __all__ = ["hash_grid_density_with_gradient"]
 class _DensityGradientFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, w1, w2, config):
-        from . import _hash_grid_triton as grid_k, _mlp_head_triton as head_k
+        from . import _hash_grid_triton as grid_k
 
-        n, k, hidden = x.shape[0], config.n_output_dims, w1.shape[0]
-        levels, f = config.n_levels, config.n_features_per_level
-        feats = torch.empty(n, k, device=x.device, dtype=table.dtype)
+        n, levels, f = x.shape[0], config.n_levels, config.n_features_per_level
+        feats = torch.empty(n, config.n_output_dims, device=x.device, dtype=table.dtype)
         jac = torch.empty(3, levels, n, f, device=x.device, dtype=table.dtype)
         strides = level_major_strides(n, config)
         grid_k._hash_grid_jac_fwd_kernel[(cdiv(n, GRID_BLOCK), levels)](
             x, table, feats, jac, *_level_tables(config, x.device), n, *strides, N_LEVELS=levels, F=f, BLOCK=GRID_BLOCK)
-        raw = torch.empty(n, device=x.device, dtype=torch.float32)
-        grad = torch.empty(n, 3, device=x.device, dtype=torch.float32)
-        head_k._mlp_head_fwd_kernel[(cdiv(n, HEAD_BLOCK),)](
-            feats, w1, w2, raw, raw, jac[0], jac[1], jac[2], grad, n, strides[1], strides[2],
-            K=k, H=hidden, KP=padded(k), HP=padded(hidden), BLOCK=HEAD_BLOCK, F=f, WITH_JAC=True)
-        ctx.save_for_backward(x, table, w1, w2, feats, jac)
+        raw, v, grad = launch_head_forward(feats, w1, w2, jac, strides, f)
+        ctx.save_for_backward(x, table, w1, w2, feats, jac, v)
         ctx.config = config
         return feats, raw, grad
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dfeats, draw, dgrad):
-        from . import _hash_grid_triton as grid_k, _mlp_head_triton as head_k
+        from . import _hash_grid_triton as grid_k
 
-        x, table, w1, w2, feats, jac = ctx.saved_tensors
+        x, table, w1, w2, feats, jac, v = ctx.saved_tensors
         config = ctx.config
-        n, k, hidden = x.shape[0], config.n_output_dims, w1.shape[0]
-        kp, hp = padded(k), padded(hidden)
-        zeros = lambda *shape: torch.zeros(*shape, device=x.device, dtype=torch.float32)  # noqa: E731
-        draw = zeros(n) if draw is None else draw.contiguous()
-        dgrad = zeros(n, 3) if dgrad is None else dgrad.contiguous()
-        dy = torch.empty(n, k, device=x.device, dtype=torch.float32)
-        djac = torch.empty(jac.shape, device=x.device, dtype=torch.float32)
-        n_blocks = cdiv(n, HEAD_BLOCK)
-        programs = max(1, backward_programs(n_blocks, x.device))
-        dw1 = torch.empty(programs, hp, kp, device=x.device, dtype=torch.float32)
-        dw2 = torch.empty(programs, hp, device=x.device, dtype=torch.float32)
+        n, levels, f = x.shape[0], config.n_levels, config.n_features_per_level
         strides = level_major_strides(n, config)
-        head_k._mlp_head_bwd_kernel[(programs,)](
-            feats, w1, w2, draw, draw, dy, dw1, dw2, jac[0], jac[1], jac[2], dgrad,
-            dy if dfeats is None else dfeats.contiguous(), djac[0], djac[1], djac[2], n, n_blocks, strides[1], strides[2],
-            K=k, H=hidden, KP=kp, HP=hp, BLOCK=HEAD_BLOCK, F=config.n_features_per_level, WITH_JAC=True,
-            HAS_DFEATS=dfeats is not None)
-        dx, dtable, _ = _launch_backward(ctx, grid_k._hash_grid_jac_bwd_kernel, dy, djac, extra_args=strides)
-        return dx, dtable, *sum_weight_partials(dw1, dw2, hidden, k, w1.dtype), None
+        dv = None
+        if dgrad is not None:  # g = Jᵀv sends J·dg to v (one level per program, J read in contiguous runs)
+            dgrad = dgrad.contiguous()
+            dv = torch.empty(n, config.n_output_dims, device=x.device, dtype=torch.float32)
+            grid_k._jac_matvec_kernel[(cdiv(n, GRID_BLOCK), levels)](
+                jac, dgrad, dv, n, *strides, N_LEVELS=levels, F=f, BLOCK=GRID_BLOCK)
+        dy, dw1, dw2 = launch_head_backward(feats, w1, w2, draw, dv, dfeats, dy_dtype=torch.float32)
+        if dgrad is None:  # no loss on the gradient: J gets no cotangent (v stands in for it, times dg = 0)
+            dgrad = torch.zeros(n, 3, device=x.device, dtype=torch.float32)
+        dx, dtable, _ = _launch_backward(ctx, grid_k._hash_grid_jac_bwd_kernel, dy, v, dgrad, extra_args=strides,
+                                         constexprs=dict(DJAC_OUTER=True))
+        return dx, dtable, dw1, dw2, None
 
 
 def hash_grid_density_with_gradient(

@@ -48,7 +48,7 @@ def _level_tables(config: HashGridConfig, device: torch.device):
     )
 
 
-def _launch_backward(ctx, kernel, *grads, extra_args=()):
+def _launch_backward(ctx, kernel, *grads, extra_args=(), constexprs=None):
     """Both Functions' backward: fp32 buffers for the gradients asked for (atomics accumulate in
     fp32), one launch of ``kernel(x, table, *grads, dtable, dx, …, n_points, *extra_args)``, the
     table gradient cast back."""
@@ -61,7 +61,7 @@ def _launch_backward(ctx, kernel, *grads, extra_args=()):
     kernel[grid](
         x, table, *(g.contiguous() for g in grads), dtable, dx, *_level_tables(config, x.device), x.shape[0], *extra_args,
         N_LEVELS=config.n_levels, F=config.n_features_per_level, BLOCK=BLOCK,
-        NEED_DTABLE=need_dtable, NEED_DX=need_dx,
+        NEED_DTABLE=need_dtable, NEED_DX=need_dx, **(constexprs or {}),
     )
     return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
 
@@ -120,8 +120,10 @@ class _HashGridJacobianFunction(torch.autograd.Function):
     def backward(ctx, dout, djac):
         from . import _hash_grid_triton as tk
 
-        return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac,
-                                extra_args=axis_major_strides(ctx.saved_tensors[0].shape[0], ctx.config))
+        djac = djac.contiguous()  # also stands in for the unused DG pointer
+        return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac, djac,
+                                extra_args=axis_major_strides(ctx.saved_tensors[0].shape[0], ctx.config),
+                                constexprs=dict(DJAC_OUTER=False))
 
 
 def _tcnn_encode(x, table, config):

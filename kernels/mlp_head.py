@@ -14,17 +14,54 @@ from .reference import mlp_head_with_input_grad_ref
 
 __all__ = ["mlp_head_with_input_grad"]
 
-BLOCK = 64
-
-
 def padded(n: int) -> int:  # tl.dot wants power-of-two widths of at least 16
     return max(16, 1 << (n - 1).bit_length())
 
 
-def backward_programs(n_blocks: int, device: torch.device) -> int:
+def _backward_programs(n_points: int, device: torch.device) -> int:
+    """Programs of the persistent backward, whatever the tile (see the kernel): ≤ 4 per SM on a GPU."""
+    from ._mlp_head_triton import MIN_BLOCK
+
+    n_blocks = max(1, cdiv(n_points, MIN_BLOCK))
     if device.type == "cuda":
         return min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
     return min(n_blocks, 3)  # the interpreter: a few programs still exercise the partial sums
+
+
+def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_per_level: int = 1):
+    """``raw [P]``, ``v [P, K]`` and, given the level-major Jacobian ``jac [3, L, P, F]`` (its element
+    strides), ``g = Jᵀv [P, 3]`` (else None), all float32, from one kernel launch."""
+    from . import _mlp_head_triton as tk
+
+    n, (hidden, k) = y.shape[0], w1.shape
+    raw = torch.empty(n, device=y.device, dtype=torch.float32)
+    v = torch.empty(n, k, device=y.device, dtype=torch.float32)
+    g = torch.empty(n, 3, device=y.device, dtype=torch.float32) if jac is not None else None
+    j = (jac[0], jac[1], jac[2]) if jac is not None else (raw,) * 3  # raw stands in for unused pointers
+    tk._mlp_head_fwd_kernel[lambda meta: (cdiv(n, meta["BLOCK"]),)](
+        y, w1, w2, raw, v, *j, raw if g is None else g, n, jac_strides[1], jac_strides[2],
+        K=k, H=hidden, KP=padded(k), HP=padded(hidden), F=n_features_per_level, WITH_JAC=jac is not None)
+    return raw, v, g
+
+
+def launch_head_backward(y, w1, w2, draw, dv, dfeats=None, dy_dtype=None):
+    """``dy [P, K]`` (plus ``dfeats`` when given; in ``dy_dtype``, default y's), ``dW₁ [H, K]`` and
+    ``dw₂ [H]`` from the cotangents of ``raw`` and ``v`` (None: zero)."""
+    from . import _mlp_head_triton as tk
+
+    n, (hidden, k) = y.shape[0], w1.shape
+    kp, hp = padded(k), padded(hidden)
+    zeros = lambda *shape: torch.zeros(*shape, device=y.device, dtype=torch.float32)  # noqa: E731
+    draw = zeros(n) if draw is None else draw.contiguous()
+    dv = zeros(n, k) if dv is None else dv.contiguous()
+    programs = _backward_programs(n, y.device)
+    dy = torch.empty(n, k, device=y.device, dtype=dy_dtype or y.dtype)
+    dw1 = torch.empty(programs, hp, kp, device=y.device, dtype=torch.float32)
+    dw2 = torch.empty(programs, hp, device=y.device, dtype=torch.float32)
+    tk._mlp_head_bwd_kernel[(programs,)](
+        y, w1, w2, draw, dv, dy if dfeats is None else dfeats.contiguous(), dy, dw1, dw2, n,
+        K=k, H=hidden, KP=kp, HP=hp, HAS_DFEATS=dfeats is not None)
+    return dy, dw1.sum(0)[:hidden, :k].to(w1.dtype), dw2.sum(0)[:hidden].to(w2.dtype)
 
 
 def check_head_weights(op: str, w1, w2, n_in: int, device: torch.device) -> None:
@@ -43,41 +80,14 @@ def check_head_weights(op: str, w1, w2, n_in: int, device: torch.device) -> None
 class _MLPHeadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, w1, w2):
-        from . import _mlp_head_triton as tk
-
-        n, (hidden, k) = y.shape[0], w1.shape
-        raw = torch.empty(n, device=y.device, dtype=torch.float32)
-        v = torch.empty(n, k, device=y.device, dtype=torch.float32)
-        tk._mlp_head_fwd_kernel[(cdiv(n, BLOCK),)](
-            y, w1, w2, raw, v, *(raw,) * 4, n, 0, 0, K=k, H=hidden, KP=padded(k), HP=padded(hidden), BLOCK=BLOCK,
-            F=1, WITH_JAC=False)  # raw stands in for the unused Jacobian pointers
+        raw, v, _ = launch_head_forward(y, w1, w2)
         ctx.save_for_backward(y, w1, w2)
         return raw, v
 
     @staticmethod
     @once_differentiable
     def backward(ctx, draw, dv):
-        from . import _mlp_head_triton as tk
-
-        y, w1, w2 = ctx.saved_tensors
-        n, (hidden, k) = y.shape[0], w1.shape
-        kp, hp = padded(k), padded(hidden)
-        draw = torch.zeros(n, device=y.device, dtype=torch.float32) if draw is None else draw.contiguous()
-        dv = torch.zeros(n, k, device=y.device, dtype=torch.float32) if dv is None else dv.contiguous()
-        n_blocks = cdiv(n, BLOCK)
-        programs = max(1, backward_programs(n_blocks, y.device))
-        dy = torch.empty_like(y)
-        dw1 = torch.empty(programs, hp, kp, device=y.device, dtype=torch.float32)
-        dw2 = torch.empty(programs, hp, device=y.device, dtype=torch.float32)
-        tk._mlp_head_bwd_kernel[(programs,)](
-            y, w1, w2, draw, dv, dy, dw1, dw2, *(draw,) * 8, n, n_blocks, 0, 0, K=k, H=hidden, KP=kp, HP=hp,
-            BLOCK=BLOCK, F=1, WITH_JAC=False, HAS_DFEATS=False)  # draw stands in for the unused pointers
-        return dy, *sum_weight_partials(dw1, dw2, hidden, k, w1.dtype)
-
-
-def sum_weight_partials(dw1, dw2, hidden, k, dtype):
-    """The backward kernel's per-program partials ``[n, HP, KP]``, ``[n, HP]`` → ``dW₁ [H, K]``, ``dw₂ [H]``."""
-    return dw1.sum(0)[:hidden, :k].to(dtype), dw2.sum(0)[:hidden].to(dtype)
+        return launch_head_backward(*ctx.saved_tensors, draw, dv)
 
 
 def mlp_head_with_input_grad(

@@ -104,8 +104,8 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
 
     ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's.
     ``prune``: α/T pruning on or off; None: the provider's. ``density_head``: how analytic normals run,
-    ``"fused"`` (one op: ``FieldConfig.analytic_normals_impl="fused"``, the default) or the separate ops
-    with the density head on ``"triton"`` or ``"torch"``; None: the config's (fused, on the hash grid's backend)."""
+    ``"fused"`` (one op: ``FieldConfig.analytic_normals_impl="fused"``) or the separate ops (the default)
+    with the density head on ``"triton"`` or ``"torch"``; None: the config's (separate, density head on auto)."""
     backend_attn, backend_grid, sampler, provider_prune = PROVIDERS[provider]
     prune = provider_prune if prune is None else prune
     build_grid = sampler == "nerfacc" if build_grid is None else build_grid
@@ -116,7 +116,8 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
     if normal_type is not None:
         cfg = dataclasses.replace(cfg, normals=True, field=dataclasses.replace(cfg.field, normal_type=normal_type))
     blob_density, blob_radius = FIELD_STATES[field_state]
-    head = {} if density_head in (None, "fused") else dict(analytic_normals_impl="separate", density_head_backend=density_head)
+    head = {} if density_head is None else (dict(analytic_normals_impl="fused") if density_head == "fused" else
+                                            dict(analytic_normals_impl="separate", density_head_backend=density_head))
     cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, backend=backend_grid, blob_density=blob_density,
                                                              blob_radius=blob_radius, **head),
                               renderer=renderer_cfg)
@@ -268,7 +269,7 @@ def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state,
                   max_rounds=None if on_gpu else 3,
                   extra=dict(model=label, render_size=size, views=frames, field_state=field_state, cuda_graph=graphed,
                              density_bias=FIELD_STATES[field_state], samples_evaluated=samples[0],
-                             analytic_normals=fld.config.analytic_normals_impl, density_head=density_head or "fused",
+                             analytic_normals=fld.config.analytic_normals_impl, density_head=density_head or "auto",
                              samples_per_ray=cfg.renderer.num_samples_per_ray,
                              samples_marched=samples[1],
                              note=f"{samples[0]} samples evaluated ({samples[0] / rays_o[..., 0].numel():.1f} per ray) "

@@ -37,11 +37,12 @@ class FieldConfig:
     normal_type: Literal["finite_difference", "forward_difference", "analytic"] = "analytic"
     finite_difference_eps: float = 1e-2
     backend: str = "auto"  # hash-grid backend: auto | tcnn | triton | torch
-    # How analytic normals are computed (any hash-grid backend but tcnn): "fused", the grid, the density
-    # MLP and ∂raw/∂x in one op (iso3d.kernels.density_gradient, on the hash grid's backend), or
-    # "separate": the grid's Jacobian op, the density head op (iso3d.kernels.mlp_head, on
-    # density_head_backend: auto | triton | torch) and a PyTorch contraction (kept for comparison).
-    analytic_normals_impl: Literal["fused", "separate"] = "fused"
+    # How analytic normals are computed (any hash-grid backend but tcnn): "separate", the grid's Jacobian
+    # op, the density head op (iso3d.kernels.mlp_head, on density_head_backend: auto | triton | torch)
+    # and a PyTorch contraction; or "fused", the grid, the density MLP and ∂raw/∂x in one op
+    # (iso3d.kernels.density_gradient, on the hash grid's backend). Fused was 2.9× slower in the
+    # ninth session's H100 step at 256² (RESULTS.md), hence not the default.
+    analytic_normals_impl: Literal["fused", "separate"] = "separate"
     density_head_backend: str = "auto"
 
     def __post_init__(self):
