@@ -37,6 +37,15 @@
 #   git archive 32b4d96 | tar -x -C runs/base   # then carry .whl, runs/base, runs/device/nerfacc_build.tgz
 #   TRAIN=0 TESTS="" BENCHES="mlp_head jacobian density_head" BASE=runs/base BASE_BENCHES="field_state jacobian" \
 #     PROFILE="256" PROFILE_STATES=blob NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+# (measured: RESULTS.md, ninth session: the default step 1.26x faster at 256^2, the full-run estimate
+# 21.7 -> 17.9-18.2 min; the fused op's first version 2.9x slower, since rewritten without spills.)
+# Next: the rewritten fused op (unmeasured) against the default, with the head kernels autotuned, its
+# kernels' tests natively, the kernel-level comparison at 2^22 points and a profile of the fused step
+# (about 6 minutes of run):
+#   TRAIN=0 TESTS="tests/kernels/test_density_gradient.py tests/kernels/test_mlp_head.py" \
+#     BENCHES="density_head density_gradient" GRADIENT_K=22 PROFILE=256 PROFILE_STATES=blob PROFILE_HEAD=fused \
+#     NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+# then: python benchmarks/generate/estimate_run.py <the call's bench_density_head.json>
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
@@ -197,7 +206,7 @@ fi
 # blob and the surface field (benchmarks/generate/profile_sds_step.py): iso3d's ranges and top kernels.
 PROFILE=${PROFILE:-}
 if [ -n "$PROFILE" ]; then
-  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} \
+  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} ${PROFILE_HEAD:+--density-head $PROFILE_HEAD} \
     --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
   say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
     ev.add_argument("--objects", type=int, default=32)
-    ev.add_argument("--split", choices=["val", "test"], default="test")
+    ev.add_argument("--split", choices=["train", "val", "test"], default="test",
+                    help="held-out objects (val, test) or, as a memorization check, the first training objects")
     ev.add_argument("--steps", type=int, default=20, help="DDIM steps per sample")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--cache-dir", default="data/cache")
