@@ -79,8 +79,8 @@ say "$(tail -1 "$LOGS/gpu.txt")"
 EXT_DIR=$(python3 -c "import os; from torch.utils.cpp_extension import _get_build_directory as d
 print(os.path.dirname(d('nerfacc_cuda', False)))" 2>/dev/null || echo "$HOME/.cache/torch_extensions/py312_cu130")
 NERFACC_BUILD=${NERFACC_BUILD:-}
-# touch: pip has just installed nerfacc's sources, newer than the carried objects; ninja rebuilds
-# whatever looks older than its sources (the eighth and ninth sessions' carries rebuilt without it).
+# touch: pip has just installed nerfacc's sources, newer than the carried objects, and ninja rebuilds
+# what looks older than its sources. (Tried in the ninth session: it still rebuilt, ~70 s; why is open.)
 [ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
   && find "$EXT_DIR/nerfacc_cuda" -type f -exec touch {} + && say "unpacked $NERFACC_BUILD"
 (timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &

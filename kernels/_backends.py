@@ -13,12 +13,22 @@ import torch
 
 from iso3d.utils.imports import probe
 
-__all__ = ["BackendUnavailableError", "cdiv", "interpreter_active", "select_backend", "triton_device_reasons"]
+__all__ = ["BackendUnavailableError", "autotune_candidates", "cdiv", "interpreter_active", "select_backend",
+           "triton_device_reasons"]
 
 
 def cdiv(a: int, b: int) -> int:
     """⌈a / b⌉ for launch grids (without importing Triton)."""
     return -(-a // b)
+
+
+def autotune_candidates(tiles: list, default, interpreter_tile):
+    """The tiles a Triton autotuner times: ``tiles``; only ``default`` when ``ISO3D_TRITON_AUTOTUNE=0``
+    (one compile per specialization: GPU test runs); ``interpreter_tile`` under the interpreter, where
+    autotuning cannot time anything."""
+    if interpreter_active():
+        return [interpreter_tile]
+    return list(tiles) if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [default]
 
 
 class BackendUnavailableError(RuntimeError):

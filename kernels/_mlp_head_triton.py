@@ -26,12 +26,10 @@ TF32), so the result matches the PyTorch twin to fp32 rounding.
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-from ._backends import interpreter_active
+from ._backends import autotune_candidates
 
 # Autotuning candidates (BLOCK points per program, num_warps). (64, 4) is what the ninth session
 # measured in the SDS step; for sm_90 ptxas spills it (fwd 156 B, bwd 1.5 KB per thread; 21.7 KB
@@ -43,11 +41,12 @@ DEFAULT_TILE = (16, 8)
 MIN_BLOCK = min(b for b, _ in TILES)
 
 
+def tile_config(block: int, warps: int) -> triton.Config:
+    return triton.Config({"BLOCK": block}, num_warps=warps)
+
+
 def _configs():
-    if interpreter_active():  # autotuning needs a GPU
-        return [triton.Config({"BLOCK": 32}, num_warps=4)]
-    chosen = TILES if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [DEFAULT_TILE]
-    return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in chosen]
+    return [tile_config(*tile) for tile in autotune_candidates(TILES, DEFAULT_TILE, interpreter_tile=(32, 4))]
 
 
 @triton.jit
@@ -65,10 +64,12 @@ def _jac_offsets(rows, ks, j_stride_level, j_stride_point, F: tl.constexpr):
     return (ks // F).to(tl.int64)[None, :] * j_stride_level + rows[:, None] * j_stride_point + (ks % F)[None, :]
 
 
-@triton.autotune(configs=_configs(), key=["K", "H", "WITH_JAC"])
+# size_class (⌊log2 P⌋, unused by the code) is in the keys so that a tile timed on a few points is
+# not reused for 10⁷.
+@triton.autotune(configs=_configs(), key=["K", "H", "WITH_JAC", "size_class"])
 @triton.jit
 def _mlp_head_fwd_kernel(
-    Y, W1, W2, RAW, V, J0, J1, J2, G, n_points, j_stride_level, j_stride_point,
+    Y, W1, W2, RAW, V, J0, J1, J2, G, n_points, j_stride_level, j_stride_point, size_class,
     K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr,
     F: tl.constexpr, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -95,10 +96,10 @@ def _mlp_head_fwd_kernel(
         tl.store(G + rows * 3 + 2, gz, mask=in_rows)
 
 
-@triton.autotune(configs=_configs(), key=["K", "H", "HAS_DFEATS"])
+@triton.autotune(configs=_configs(), key=["K", "H", "HAS_DFEATS", "size_class"])
 @triton.jit
 def _mlp_head_bwd_kernel(
-    Y, W1, W2, DRAW, DV, DFEATS, DY, DW1_PARTIAL, DW2_PARTIAL, n_points,
+    Y, W1, W2, DRAW, DV, DFEATS, DY, DW1_PARTIAL, DW2_PARTIAL, n_points, size_class,
     K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr,
     HAS_DFEATS: tl.constexpr, BLOCK: tl.constexpr,
 ):

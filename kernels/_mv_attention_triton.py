@@ -32,12 +32,10 @@ Caution:
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
-from ._backends import interpreter_active
+from ._backends import autotune_candidates, interpreter_active
 
 _INTERPRET = interpreter_active()
 
@@ -53,10 +51,8 @@ BWD_DEFAULT = (32, 64, 4, 2)
 
 
 def _configs(tiles, default):
-    if _INTERPRET:
-        # Autotuning needs a GPU; one moderately large tile keeps the interpreter fast.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    chosen = tiles if os.environ.get("ISO3D_TRITON_AUTOTUNE", "1") != "0" else [default]
+    # Under the interpreter one moderately large tile keeps the tests fast.
+    chosen = autotune_candidates(tiles, default, interpreter_tile=(32, 32, 4, 1))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in chosen]
 
 

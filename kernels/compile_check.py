@@ -182,7 +182,7 @@ def _record_density(dtype: torch.dtype) -> list[_Launch]:
     originals = {(m, n): getattr(m, n) for m, names in modules.items() for n in names}
     recorders = {key: _Recorder(k) for key, k in originals.items()}
     config = HashGridConfig(n_levels=16, log2_hashmap_size=12)  # K = 32, the official width
-    x = torch.rand(100, 3)
+    x = torch.rand(100, 3, requires_grad=True)  # the grid's backward with the point gradient too
     table = torch.zeros(config.n_params, dtype=dtype, requires_grad=True)
     w1 = torch.zeros(64, config.n_output_dims, requires_grad=True)
     w2 = torch.zeros(64, requires_grad=True)
@@ -228,10 +228,9 @@ def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles
                 tunable = hasattr(launch.kernel, "configs")
                 tiles = [None]
                 if tunable:
-                    block, warps = head_k.DEFAULT_TILE
-                    tiles = [triton_config(block, warps)]
+                    tiles = [head_k.tile_config(*head_k.DEFAULT_TILE)]
                     if all_tiles:
-                        tiles = [triton_config(b, w) for b, w in head_k.TILES]
+                        tiles = [head_k.tile_config(*tile) for tile in head_k.TILES]
                 for tile in tiles:
                     t0 = time.perf_counter()
                     report = _compile(launch, tile, arch)
@@ -255,12 +254,6 @@ def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles
                     name = (launch.kernel.fn if tunable else launch.kernel).fn.__name__
                     log(f"ok  {name} {str(dtype)[6:]} ref={mode} tile={tile} ({time.perf_counter() - t0:.1f}s) {report}")
     return count
-
-
-def triton_config(block: int, warps: int):
-    import triton
-
-    return triton.Config({"BLOCK": block}, num_warps=warps)
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._backends import cdiv, select_backend, triton_device_reasons
-from .hash_grid import (BLOCK as GRID_BLOCK, HashGridConfig, _check_inputs, _launch_backward, _level_tables,
-                        level_major_strides)
+from .hash_grid import BLOCK as GRID_BLOCK, HashGridConfig, _check_inputs, _launch_backward, _level_tables
 from .mlp_head import check_head_weights, launch_head_backward, launch_head_forward
 from .reference import hash_grid_density_with_gradient_ref
 
@@ -34,12 +33,13 @@ class _DensityGradientFunction(torch.autograd.Function):
         n, levels, f = x.shape[0], config.n_levels, config.n_features_per_level
         feats = torch.empty(n, config.n_output_dims, device=x.device, dtype=table.dtype)
         jac = torch.empty(3, levels, n, f, device=x.device, dtype=table.dtype)
-        strides = level_major_strides(n, config)
+        strides = jac.stride()[:3]  # (axis, level, point) in elements; the feature stride is 1
         grid_k._hash_grid_jac_fwd_kernel[(cdiv(n, GRID_BLOCK), levels)](
             x, table, feats, jac, *_level_tables(config, x.device), n, *strides, N_LEVELS=levels, F=f, BLOCK=GRID_BLOCK)
         raw, v, grad = launch_head_forward(feats, w1, w2, jac, strides, f)
         ctx.save_for_backward(x, table, w1, w2, feats, jac, v)
         ctx.config = config
+        ctx.set_materialize_grads(False)  # unused outputs' cotangents arrive as None: their work is skipped
         return feats, raw, grad
 
     @staticmethod
@@ -50,7 +50,7 @@ class _DensityGradientFunction(torch.autograd.Function):
         x, table, w1, w2, feats, jac, v = ctx.saved_tensors
         config = ctx.config
         n, levels, f = x.shape[0], config.n_levels, config.n_features_per_level
-        strides = level_major_strides(n, config)
+        strides = jac.stride()[:3]
         dv = None
         if dgrad is not None:  # g = Jᵀv sends J·dg to v (one level per program, J read in contiguous runs)
             dgrad = dgrad.contiguous()
@@ -102,7 +102,7 @@ def hash_grid_density_with_gradient(
         >>> feats.shape, raw.shape, grad.shape
         (torch.Size([5, 8]), torch.Size([5]), torch.Size([5, 3]))
     """
-    _check_inputs(x, table, config, check_range)
+    _check_inputs(x, table, config, check_range, op="hash_grid_density_with_gradient")
     check_head_weights("hash_grid_density_with_gradient", w1, w2, config.n_output_dims, x.device)
     reasons = {"triton": triton_device_reasons(x.device, table.dtype), "torch": []}
     order = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]

@@ -71,12 +71,6 @@ def axis_major_strides(n_points: int, config: HashGridConfig) -> tuple[int, int,
     return config.n_output_dims, config.n_features_per_level, 3 * config.n_output_dims
 
 
-def level_major_strides(n_points: int, config: HashGridConfig) -> tuple[int, int, int]:
-    """Element strides (axis, level, point) of J stored as ``[3, L, P, F]``."""
-    f = config.n_features_per_level
-    return config.n_levels * n_points * f, n_points * f, f
-
-
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, config):
@@ -135,27 +129,27 @@ def _tcnn_encode(x, table, config):
     return tcnn.modules._module_function.apply(encoding.native_tcnn_module, x, table, encoding.loss_scale)
 
 
-def _check_inputs(x, table, config, check_range):
+def _check_inputs(x, table, config, check_range, op="hash_grid_encode"):
     if not isinstance(config, HashGridConfig):
-        raise TypeError(f"hash_grid_encode: config must be a HashGridConfig, got {type(config).__name__}")
+        raise TypeError(f"{op}: config must be a HashGridConfig, got {type(config).__name__}")
     for name, t in (("x", x), ("table", table)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"hash_grid_encode: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if x.dim() != 2 or x.shape[-1] != 3:
-        raise ValueError(f"hash_grid_encode: x must have shape [P, 3], got {tuple(x.shape)}")
+        raise ValueError(f"{op}: x must have shape [P, 3], got {tuple(x.shape)}")
     if x.dtype != torch.float32:
-        raise TypeError(f"hash_grid_encode: x must be float32 (points in [0, 1]^3), got {x.dtype}; use x.float()")
+        raise TypeError(f"{op}: x must be float32 (points in [0, 1]^3), got {x.dtype}; use x.float()")
     if table.dim() != 1 or table.shape[0] != config.n_params:
-        raise ValueError(f"hash_grid_encode: table must have shape [{config.n_params}] for this config, got {tuple(table.shape)}")
+        raise ValueError(f"{op}: table must have shape [{config.n_params}] for this config, got {tuple(table.shape)}")
     if table.dtype not in (torch.float32, torch.float16):
-        raise TypeError(f"hash_grid_encode: table must be float32 or float16, got {table.dtype}")
+        raise TypeError(f"{op}: table must be float32 or float16, got {table.dtype}")
     if table.device != x.device:
-        raise ValueError(f"hash_grid_encode: table is on {table.device} but x is on {x.device}")
+        raise ValueError(f"{op}: table is on {table.device} but x is on {x.device}")
     if check_range and x.numel():
         lo, hi = torch.aminmax(x.detach())
         if not (lo.item() >= 0.0 and hi.item() <= 1.0):
             raise ValueError(
-                f"hash_grid_encode: x must lie in [0, 1]^3 (map your AABB first), got values in [{lo.item():.4g}, {hi.item():.4g}]"
+                f"{op}: x must lie in [0, 1]^3 (map your AABB first), got values in [{lo.item():.4g}, {hi.item():.4g}]"
             )
 
 
@@ -262,7 +256,7 @@ def hash_grid_encode_with_jacobian(
         >>> y.shape, jac.shape
         (torch.Size([5, 8]), torch.Size([5, 8, 3]))
     """
-    _check_inputs(x, table, config, check_range)
+    _check_inputs(x, table, config, check_range, op="hash_grid_encode_with_jacobian")
     reasons = hash_grid_backend_reasons(x, table)
     reasons["tcnn"] = reasons["tcnn"] + ["tiny-cuda-nn has no features-with-Jacobian op"]
     order = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]

@@ -28,7 +28,16 @@ def _backward_programs(n_points: int, device: torch.device) -> int:
     return min(n_blocks, 3)  # the interpreter: a few programs still exercise the partial sums
 
 
-def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_per_level: int = 1):
+def _kernel(autotuned, tile):
+    """The autotuned kernel, or with ``tile = (BLOCK, num_warps)`` the plain kernel at that tile
+    (tests check every autotuning candidate this way)."""
+    if tile is None:
+        return autotuned, {}
+    block, warps = tile
+    return autotuned.fn, {"BLOCK": block, "num_warps": warps}
+
+
+def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_per_level: int = 1, tile=None):
     """``raw [P]``, ``v [P, K]`` and, given the level-major Jacobian ``jac [3, L, P, F]`` (its element
     strides), ``g = Jᵀv [P, 3]`` (else None), all float32, from one kernel launch."""
     from . import _mlp_head_triton as tk
@@ -38,13 +47,14 @@ def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_p
     v = torch.empty(n, k, device=y.device, dtype=torch.float32)
     g = torch.empty(n, 3, device=y.device, dtype=torch.float32) if jac is not None else None
     j = (jac[0], jac[1], jac[2]) if jac is not None else (raw,) * 3  # raw stands in for unused pointers
-    tk._mlp_head_fwd_kernel[lambda meta: (cdiv(n, meta["BLOCK"]),)](
-        y, w1, w2, raw, v, *j, raw if g is None else g, n, jac_strides[1], jac_strides[2],
-        K=k, H=hidden, KP=padded(k), HP=padded(hidden), F=n_features_per_level, WITH_JAC=jac is not None)
+    kernel, fixed = _kernel(tk._mlp_head_fwd_kernel, tile)
+    kernel[lambda meta: (cdiv(n, meta["BLOCK"]),)](
+        y, w1, w2, raw, v, *j, raw if g is None else g, n, jac_strides[1], jac_strides[2], max(n, 1).bit_length(),
+        K=k, H=hidden, KP=padded(k), HP=padded(hidden), F=n_features_per_level, WITH_JAC=jac is not None, **fixed)
     return raw, v, g
 
 
-def launch_head_backward(y, w1, w2, draw, dv, dfeats=None, dy_dtype=None):
+def launch_head_backward(y, w1, w2, draw, dv, dfeats=None, dy_dtype=None, tile=None):
     """``dy [P, K]`` (plus ``dfeats`` when given; in ``dy_dtype``, default y's), ``dW₁ [H, K]`` and
     ``dw₂ [H]`` from the cotangents of ``raw`` and ``v`` (None: zero)."""
     from . import _mlp_head_triton as tk
@@ -58,9 +68,10 @@ def launch_head_backward(y, w1, w2, draw, dv, dfeats=None, dy_dtype=None):
     dy = torch.empty(n, k, device=y.device, dtype=dy_dtype or y.dtype)
     dw1 = torch.empty(programs, hp, kp, device=y.device, dtype=torch.float32)
     dw2 = torch.empty(programs, hp, device=y.device, dtype=torch.float32)
-    tk._mlp_head_bwd_kernel[(programs,)](
-        y, w1, w2, draw, dv, dy if dfeats is None else dfeats.contiguous(), dy, dw1, dw2, n,
-        K=k, H=hidden, KP=kp, HP=hp, HAS_DFEATS=dfeats is not None)
+    kernel, fixed = _kernel(tk._mlp_head_bwd_kernel, tile)
+    kernel[(programs,)](
+        y, w1, w2, draw, dv, dy if dfeats is None else dfeats.contiguous(), dy, dw1, dw2, n, max(n, 1).bit_length(),
+        K=k, H=hidden, KP=kp, HP=hp, HAS_DFEATS=dfeats is not None, **fixed)
     return dy, dw1.sum(0)[:hidden, :k].to(w1.dtype), dw2.sum(0)[:hidden].to(w2.dtype)
 
 
@@ -82,6 +93,7 @@ class _MLPHeadFunction(torch.autograd.Function):
     def forward(ctx, y, w1, w2):
         raw, v, _ = launch_head_forward(y, w1, w2)
         ctx.save_for_backward(y, w1, w2)
+        ctx.set_materialize_grads(False)  # an unused output's cotangent arrives as None, not a zero tensor
         return raw, v
 
     @staticmethod

@@ -23,7 +23,7 @@ STATES = ("blob", "surface")
 
 
 def _points(paths: list[Path]) -> dict:
-    """``{(file, variant, size): {state: (samples_per_ray, median_s)}}`` from pytest-benchmark JSON files."""
+    """``{(file, variant, size): {state: (samples_per_ray, median_s, rays)}}`` from pytest-benchmark JSON files."""
     points: dict = defaultdict(dict)
     for path in paths:
         for bench in json.loads(path.read_text())["benchmarks"]:
@@ -33,8 +33,8 @@ def _points(paths: list[Path]) -> dict:
                 continue
             variant = info["provider"].removeprefix(f"{state}_") if info["provider"] != state else "eager"
             rays = info["views"] * info["render_size"] ** 2
-            points[(f"{path.parent.name}/{path.name}", variant, info["render_size"])][state] = (info["samples_evaluated"] / rays,
-                                                                        bench["stats"]["median"])
+            points[(f"{path.parent.name}/{path.name}", variant, info["render_size"])][state] = (
+                info["samples_evaluated"] / rays, bench["stats"]["median"], rays)
     return points
 
 
@@ -50,11 +50,10 @@ def estimate(points: dict, samples_per_ray: list[float], switch: int, steps: int
             pair = points.get((*key, size), {})
             if set(pair) != set(STATES):
                 break
-            (s_blob, t_blob), (s_surf, t_surf) = pair["blob"], pair["surface"]
+            (s_blob, t_blob, rays), (s_surf, t_surf, _) = pair["blob"], pair["surface"]
             slope = (t_blob - t_surf) / (s_blob - s_surf)  # s per (sample per ray)
             row[f"{size}_ms_at_mean"] = 1e3 * (t_surf + slope * (stage_mean[size] - s_surf))
             row[f"{size}_min"] = stage_steps[size] * row[f"{size}_ms_at_mean"] / 1e3 / 60
-            rays = {64: 8 * 64 * 64, 256: 4 * 256 * 256}[size]
             row[f"{size}_ns_per_sample"] = slope / rays * 1e9
         else:
             row["total_min"] = row["64_min"] + row["256_min"]

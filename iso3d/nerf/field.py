@@ -17,6 +17,7 @@ from torch import nn
 from iso3d.kernels.density_gradient import hash_grid_density_with_gradient
 from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode_with_jacobian
 from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+from iso3d.kernels.reference import jacobian_transpose_times
 
 from .encoding import HashGridEncoding
 
@@ -40,14 +41,17 @@ class FieldConfig:
     # How analytic normals are computed (any hash-grid backend but tcnn): "separate", the grid's Jacobian
     # op, the density head op (iso3d.kernels.mlp_head, on density_head_backend: auto | triton | torch)
     # and a PyTorch contraction; or "fused", the grid, the density MLP and ∂raw/∂x in one op
-    # (iso3d.kernels.density_gradient, on the hash grid's backend). Fused was 2.9× slower in the
-    # ninth session's H100 step at 256² (RESULTS.md), hence not the default.
+    # (iso3d.kernels.density_gradient, on the hash grid's backend). The fused op's first version made
+    # the ninth session's H100 step 2.1–2.9× slower at 256² (RESULTS.md); its rewrite is not yet timed,
+    # hence not the default.
     analytic_normals_impl: Literal["fused", "separate"] = "separate"
     density_head_backend: str = "auto"
 
     def __post_init__(self):
         if self.analytic_normals_impl not in ("fused", "separate"):
             raise ValueError(f"FieldConfig: analytic_normals_impl must be 'fused' or 'separate', got {self.analytic_normals_impl!r}")
+        if self.density_head_backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"FieldConfig: density_head_backend must be 'auto', 'triton' or 'torch', got {self.density_head_backend!r}")
 
 
 @dataclass
@@ -138,10 +142,7 @@ class ImplicitVolume(nn.Module):
             feats, jac = hash_grid_encode_with_jacobian(unit, params, grid, backend=self.encoding.backend,
                                                         check_range=False)
             raw, draw_dfeats = mlp_head_with_input_grad(feats, w1, w2, backend=self.config.density_head_backend)
-            # A broadcast product summed over J's contiguous k axis. (einsum made it a batched matrix
-            # product of P 1×K×3 problems, which cuBLAS launches in chunks of 65535: ~50 ms of a 256²
-            # step on an H100 at 10⁷ samples, ninth session's profile.)
-            grad_unit = (jac * draw_dfeats[:, :, None]).sum(1)
+            grad_unit = jacobian_transpose_times(jac, draw_dfeats)
         inside = ((unscaled >= 0) & (unscaled <= 1)).to(x.dtype)  # clamp's derivative, as autograd takes it
         grad_raw = grad_unit * (inside * (0.5 / self.config.radius))
         norm = x.norm(dim=-1, keepdim=True)

@@ -54,7 +54,8 @@ def test_triton_matches_twin(cfg_index, n_points, hidden, dtype, device):
 
 @pytest.mark.parametrize("used", [("raw", "grad"), ("feats", "grad"), ("grad",), ("feats", "raw")])
 def test_unused_outputs_have_zero_cotangent(used, device):
-    # autograd passes None for an output no loss uses: the kernels must read it as zero.
+    # An output no loss uses gets a None cotangent (set_materialize_grads(False)): its work is skipped
+    # (no dg: no J·dg pass; no dfeats: nothing added), and the gradients match the twin's.
     cfg = SMALL[0]
     inputs = _inputs(cfg, 70, 64, torch.float32, device, seed=3)
     got, want = _run("triton", cfg, inputs, used, 4), _run("torch", cfg, inputs, used, 4)

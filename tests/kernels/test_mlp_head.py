@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from iso3d.kernels import BackendUnavailableError
-from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+from iso3d.kernels._mlp_head_triton import TILES
+from iso3d.kernels.mlp_head import launch_head_backward, launch_head_forward, mlp_head_with_input_grad
 from iso3d.kernels.reference import mlp_head_with_input_grad_ref
 
 
@@ -59,8 +60,29 @@ def test_triton_matches_twin(n, k, hidden, dtype, device):
         assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
 
 
+@pytest.mark.parametrize("tile", TILES, ids=str)
+def test_every_autotuning_tile_matches_twin(tile, device):
+    # Autotuning may pick any candidate on a GPU (and the tests there run the default only): check each
+    # tile's kernels directly, forward and backward, with and without the fused op's extra cotangent.
+    y, w1, w2 = _inputs(77, 32, 64, torch.float32, device, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    draw, dv, dfeats = (torch.randn(*shape, generator=gen).to(device) for shape in ((77,), (77, 32), (77, 32)))
+    raw, v, _ = launch_head_forward(y, w1, w2, tile=tile)
+    leaves = [t.clone().requires_grad_() for t in (y, w1, w2)]
+    want_raw, want_v = mlp_head_with_input_grad_ref(*leaves)
+    torch.testing.assert_close(raw, want_raw.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v, want_v.detach(), atol=1e-5, rtol=1e-5)
+    want = torch.autograd.grad([want_raw, want_v], leaves, [draw, dv])
+    for extra in (None, dfeats):
+        got = launch_head_backward(y, w1, w2, draw, dv, extra, tile=tile)
+        expected = [want[0] + (0 if extra is None else extra), *want[1:]]
+        for g, w in zip(got, expected):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 def test_backward_with_one_output_unused(device):
-    # Only v feeds the loss (raw's gradient is None): the kernel must treat the missing cotangent as 0.
+    # Only v feeds the loss: raw's cotangent arrives as None (set_materialize_grads(False)) and the
+    # launcher must treat it as zero.
     y, w1, w2 = _inputs(70, 32, 64, torch.float32, device, seed=3)
     grads = []
     for backend in ("triton", "torch"):
