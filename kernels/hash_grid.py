@@ -66,7 +66,7 @@ def _launch_backward(ctx, kernel, *grads, extra_args=(), constexprs=None):
     return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
 
 
-def axis_major_strides(n_points: int, config: HashGridConfig) -> tuple[int, int, int]:
+def axis_major_strides(config: HashGridConfig) -> tuple[int, int, int]:
     """Element strides (axis, level, point) of J stored as ``[P, 3, L·F]``."""
     return config.n_output_dims, config.n_features_per_level, 3 * config.n_output_dims
 
@@ -103,7 +103,7 @@ class _HashGridJacobianFunction(torch.autograd.Function):
         jac = torch.empty(x.shape[0], 3, n_out, device=x.device, dtype=table.dtype)  # axis-major: see the kernel
         grid = (cdiv(x.shape[0], BLOCK), config.n_levels)
         tk._hash_grid_jac_fwd_kernel[grid](x, table, out, jac, *_level_tables(config, x.device), x.shape[0],
-                                           *axis_major_strides(x.shape[0], config), N_LEVELS=config.n_levels,
+                                           *axis_major_strides(config), N_LEVELS=config.n_levels,
                                            F=config.n_features_per_level, BLOCK=BLOCK)
         ctx.save_for_backward(x, table)
         ctx.config = config
@@ -116,7 +116,7 @@ class _HashGridJacobianFunction(torch.autograd.Function):
 
         djac = djac.contiguous()  # also stands in for the unused DG pointer
         return _launch_backward(ctx, tk._hash_grid_jac_bwd_kernel, dout, djac, djac,
-                                extra_args=axis_major_strides(ctx.saved_tensors[0].shape[0], ctx.config),
+                                extra_args=axis_major_strides(ctx.config),
                                 constexprs=dict(DJAC_OUTER=False))
 
 
