@@ -181,8 +181,8 @@ for b in $BENCHES; do
     unet_step) bench unet_step 60 benchmarks/models/bench_unet_step.py -k "bf16" ;;
     sds) bench sds "${SDS_LIMIT:-110}" benchmarks/generate/bench_sds_step.py ${SDS_K:+-k "$SDS_K"} ;;
     hash_render) bench hash_render 45 benchmarks/kernels/bench_hash_grid.py benchmarks/nerf/bench_render.py ;;
-    jacobian) bench jacobian 40 benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
-    mlp_head) bench mlp_head 45 benchmarks/kernels/bench_mlp_head.py ;;
+    jacobian) bench jacobian "${JACOBIAN_LIMIT:-120}" benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
+    mlp_head) bench mlp_head "${MLP_HEAD_LIMIT:-120}" benchmarks/kernels/bench_mlp_head.py ;;  # 45 s was too short (ninth session)
     density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k "density_head ${HEAD_K:+and $HEAD_K}" ;;
     density_gradient) bench density_gradient "${GRADIENT_LIMIT:-90}" benchmarks/kernels/bench_density_gradient.py ${GRADIENT_K:+-k "$GRADIENT_K"} ;;
   esac
@@ -196,7 +196,7 @@ if [ -n "$BASE" ]; then
     case $b in
       field_state) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_field_state "${BASE_LIMIT:-90}" \
           benchmarks/generate/bench_sds_step.py -k "field_state and graphed ${BASE_K:+and $BASE_K}") ;;
-      jacobian) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_jacobian 40 benchmarks/kernels/bench_hash_grid.py \
+      jacobian) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_jacobian "${JACOBIAN_LIMIT:-120}" benchmarks/kernels/bench_hash_grid.py \
           -k "jacobian and 22") ;;
     esac
   done
