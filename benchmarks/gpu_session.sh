@@ -46,6 +46,9 @@
 #     BENCHES="density_head density_gradient" GRADIENT_K=22 PROFILE=256 PROFILE_STATES=blob PROFILE_HEAD=fused \
 #     NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <the call's bench_density_head.json>
+# For #5 (model card: 6000 visits made one object's shape; every run so far gave ~20 per object), first
+# where iso3d-tiny's training step goes (~5 steps/s at batch 256 looked host-bound), in the same call:
+#   ... TRAIN_PROFILE=1 ...   (about 40 s; then a long, resumable training run is the next step)
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
@@ -209,6 +212,17 @@ if [ -n "$PROFILE" ]; then
   timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} ${PROFILE_HEAD:+--density-head $PROFILE_HEAD} \
     --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
   say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" .
+fi
+
+# TRAIN_PROFILE=1: where a training step of iso3d-tiny goes at batch $BATCH (parts by CUDA events, kernel
+# launches per step, top kernels; benchmarks/models/profile_train_step.py). #5 needs more steps per
+# minute: measure this before a long training run (about 40 s).
+TRAIN_PROFILE=${TRAIN_PROFILE:-0}
+if [ "$TRAIN_PROFILE" = 1 ]; then
+  timeout "${TRAIN_PROFILE_LIMIT:-180}" python3 benchmarks/models/profile_train_step.py --batch "$BATCH" --width "$WIDTH" \
+    --out "$LOGS/train_profile" > "$LOGS/train_profile.log" 2>&1
+  say "train profile rc=$? $(grep -h -E '^step |launches' "$LOGS/train_profile.log" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .
 fi
 
