@@ -422,7 +422,8 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         with torch.profiler.record_function("iso3d.sds.unet"):
             eps = (unet if unet is not None else model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device),
                                                              context, torch.cat([cams, cams]), n_views=n_views)
-    eps_c, eps_u = eps.float().chunk(2)
+    eps = model.config.scheduler.epsilon(eps.float(), torch.cat([x_t, x_t]).float(), a)  # v-prediction bundles
+    eps_c, eps_u = eps.chunk(2)
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,
                                   recon_std_rescale=config.sds.recon_std_rescale)
     w0, w1 = config.orient_weight

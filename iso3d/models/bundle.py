@@ -39,19 +39,40 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The training noise schedule (DESIGN.md §2): scaled-linear betas 0.00085→0.012 over 1000 steps.
+    """The training noise schedule (DESIGN.md §2): scaled-linear betas 0.00085→0.012 over 1000 steps,
+    ε-prediction.
 
     ``beta_schedule="linear"`` (betas evenly spaced, as diffusers names it) with 1e-4→0.02 is DDPM's
     pixel-space schedule (Ho et al. 2020, e.g. CIFAR-10 at 32²): ᾱ_T ≈ 4e-5 instead of 0.0047, so more
     of training sees high noise levels (:meth:`ddpm`). On iso3d-tiny's CPU recipe it sampled far worse
     than the release's schedule (its MODEL_CARD.md), so it is an experiment, not a default.
+
+    ``prediction_type="v_prediction"`` trains the UNet to predict v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho
+    2022) instead of ε. In terms of the x₀ error, the ε-loss weighs a timestep by its SNR ᾱ/(1−ᾱ)
+    (0.0047 at t = T for the release's betas) and the v-loss by SNR + 1, so the high-noise steps, where
+    the coarse shape forms, teach far more. ``zero_terminal_snr`` rescales √ᾱ so that ᾱ_T = 0 (Lin et
+    al. 2024, "Common diffusion noise schedules and sample steps are flawed", Algorithm 1): training
+    then sees pure noise at t = T, as sampling starts; it needs v-prediction (ε says nothing about x₀
+    at ᾱ = 0), and the sampler then spaces its steps "trailing" so that its first step is t = T.
+
+    Example::
+
+        >>> s = SchedulerConfig(prediction_type="v_prediction", zero_terminal_snr=True)
+        >>> acp = s.alphas_cumprod()
+        >>> float(acp[-1]), round(float(acp[0]), 5) == round(float(SchedulerConfig().alphas_cumprod()[0]), 5)
+        (0.0, True)
+        >>> x0, eps, a = torch.randn(2, 3), torch.randn(2, 3), acp[500]
+        >>> x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        >>> torch.allclose(s.epsilon(s.target(x0, eps, a), x_t, a), eps, atol=1e-5)
+        True
     """
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
-    prediction_type: Literal["epsilon"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    zero_terminal_snr: bool = False
 
     def __post_init__(self):
         if self.beta_schedule not in ("scaled_linear", "linear"):
@@ -59,6 +80,14 @@ class SchedulerConfig:
         if not 0 < self.beta_start < self.beta_end < 1 or self.num_train_timesteps < 2:
             raise ValueError(f"SchedulerConfig: need 0 < beta_start < beta_end < 1 and >= 2 timesteps, got "
                              f"{self.beta_start}, {self.beta_end}, {self.num_train_timesteps}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"SchedulerConfig: prediction_type must be 'epsilon' or 'v_prediction', got "
+                             f"{self.prediction_type!r}")
+        if not isinstance(self.zero_terminal_snr, bool):
+            raise TypeError(f"SchedulerConfig: zero_terminal_snr must be a bool, got {self.zero_terminal_snr!r}")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("SchedulerConfig: zero_terminal_snr=True needs prediction_type='v_prediction' "
+                             "(an ε-prediction says nothing about x₀ where ᾱ = 0)")
 
     @classmethod
     def ddpm(cls) -> "SchedulerConfig":
@@ -66,13 +95,32 @@ class SchedulerConfig:
         return cls(beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
     def alphas_cumprod(self, device=None) -> torch.Tensor:  # [num_train_timesteps] float32
-        """ᾱ_t: scaled-linear (ldm's "linear": linspace of √β, squared) or linear betas, in fp64."""
+        """ᾱ_t: scaled-linear (ldm's "linear": linspace of √β, squared) or linear betas, in fp64; with
+        ``zero_terminal_snr``, √ᾱ shifted and scaled so that it keeps ᾱ_0 and ends at exactly 0."""
         n = self.num_train_timesteps
         if self.beta_schedule == "scaled_linear":
             betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float64) ** 2
         else:
             betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float64)
-        return torch.cumprod(1 - betas, 0).float().to(device)
+        acp = torch.cumprod(1 - betas, 0)
+        if self.zero_terminal_snr:
+            s = acp.sqrt()
+            acp = ((s - s[-1]) * s[0] / (s[0] - s[-1])) ** 2
+        return acp.float().to(device)
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, alpha_cumprod: torch.Tensor) -> torch.Tensor:
+        """What the UNet learns to predict for ``x_t = √ᾱ·x0 + √(1−ᾱ)·eps``: ``eps``, or v = √ᾱ·eps − √(1−ᾱ)·x0.
+        ``alpha_cumprod`` broadcasts against ``x0`` (a scalar, or ``[N, 1, 1, 1]``)."""
+        if self.prediction_type == "epsilon":
+            return eps
+        return alpha_cumprod.sqrt() * eps - (1 - alpha_cumprod).sqrt() * x0
+
+    def epsilon(self, prediction: torch.Tensor, x_t: torch.Tensor, alpha_cumprod: torch.Tensor) -> torch.Tensor:
+        """The UNet's ``prediction`` at ``x_t`` as an ε-prediction (what SDS and its x₀ reconstruction use):
+        itself, or √ᾱ·v + √(1−ᾱ)·x_t."""
+        if self.prediction_type == "epsilon":
+            return prediction
+        return alpha_cumprod.sqrt() * prediction + (1 - alpha_cumprod).sqrt() * x_t
 
 
 @dataclass(frozen=True)

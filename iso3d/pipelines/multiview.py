@@ -81,10 +81,12 @@ class MultiViewPipeline:
         s = self.model.config.scheduler
         # As the release's SDS guidance builds it (shared/data/isotropic3d_unet_config.json).
         # Pixel-space bundles clip the x₀ estimate to the image range [−1, 1]; latents are unbounded.
+        # A zero-terminal-SNR schedule starts sampling at t = T, from pure noise ("trailing" spacing).
         return diffusers.DDIMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
                                        beta_end=s.beta_end, beta_schedule=s.beta_schedule,
                                        clip_sample=self.model.vae is None, set_alpha_to_one=False, steps_offset=1,
-                                       prediction_type=s.prediction_type)
+                                       prediction_type=s.prediction_type, rescale_betas_zero_snr=s.zero_terminal_snr,
+                                       timestep_spacing="trailing" if s.zero_terminal_snr else "leading")
 
     def check_inputs(self, num_inference_steps, guidance_scale, azimuths):
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
@@ -159,6 +161,10 @@ class MultiViewPipeline:
             else:
                 eps = self.model.unet(x, ts, context, torch.cat([camera, camera]), n_views=n_views, reference=reference)
             eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # rows: [cond; uncond]
-            latents = scheduler.step(eps, t, latents, eta=eta, use_clipped_model_output=scheduler.config.clip_sample,
+            # Where ᾱ_t = 0 (a zero-terminal-SNR schedule's first step) DDIM's σ² equals 1 − ᾱ_prev, so its
+            # √(1 − ᾱ_prev − σ²) can round below 0 and give NaN; there x_t is itself pure noise, so η = 0
+            # draws x_prev from the same distribution.
+            step_eta = 0.0 if scheduler.alphas_cumprod[int(t)] == 0 else eta
+            latents = scheduler.step(eps, t, latents, eta=step_eta, use_clipped_model_output=scheduler.config.clip_sample,
                                      generator=generator).prev_sample
         return MultiViewOutput(self.model.decode(latents), elev, azim)

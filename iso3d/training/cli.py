@@ -36,6 +36,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--noise-schedule", choices=["release", "ddpm"], default=None,
                    help="new models only (not with --init): the release's scaled-linear betas 0.00085-0.012 "
                         "(default, as shipped) or DDPM's pixel-space linear betas 1e-4-0.02")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                   help="new models only: what the UNet predicts (default epsilon, as the release)")
+    p.add_argument("--zero-terminal-snr", action="store_true",
+                   help="new models only, with --prediction-type v_prediction: rescale the schedule so that "
+                        "training's last timestep is pure noise, as sampling's first")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--render-workers", type=int, default=os.cpu_count() or 1,
                    help="processes that render the data set when it is not cached (default: all cores)")
@@ -75,12 +80,18 @@ def run_train(args: argparse.Namespace, device) -> int:
     from .trainer import DataConfig, TrainConfig, train
 
     out = Path(args.out)
-    if args.init and args.noise_schedule is not None:
-        raise ValueError(f"--noise-schedule sets a new model's schedule; {args.init} keeps its own (drop one of the two)")
+    schedule_options = {"--noise-schedule": args.noise_schedule is not None,
+                        "--prediction-type": args.prediction_type is not None,
+                        "--zero-terminal-snr": args.zero_terminal_snr}
+    given = [name for name, on in schedule_options.items() if on]
+    if args.init and given:
+        raise ValueError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} a new model's schedule; {args.init} keeps its own (drop one of the two)")
     if args.init:
         model = MultiViewDiffusion.from_pretrained(args.init, backend=args.attention_backend)
     else:
-        scheduler = SchedulerConfig.ddpm() if args.noise_schedule == "ddpm" else SchedulerConfig()
+        scheduler = dataclasses.replace(SchedulerConfig.ddpm() if args.noise_schedule == "ddpm" else SchedulerConfig(),
+                                        prediction_type=args.prediction_type or "epsilon",
+                                        zero_terminal_snr=args.zero_terminal_snr)
         model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width, scheduler=scheduler),
                                    seed=args.seed, backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,

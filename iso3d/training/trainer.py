@@ -179,12 +179,14 @@ def _average_gradients(params) -> None:
 # ----------------------------------------------------------------------------------------------
 def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen: torch.Generator,
                    *, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """ε-prediction MSE on the noisy views (stage 1, or stage 2 with the clean reference frame),
-    Min-SNR-γ weighted per sample when ``cfg.snr_gamma`` is set."""
+    """The bundle's prediction MSE (ε or v, ``SchedulerConfig.prediction_type``) on the noisy views
+    (stage 1, or stage 2 with the clean reference frame), Min-SNR-γ weighted per sample when
+    ``cfg.snr_gamma`` is set: min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v (Hang et al. 2023)."""
     views, device = batch["views"], batch["views"].device
     b, v = views.shape[:2]
     x0 = model.encode_images(composite_on_white(views).flatten(0, 1))  # [B·V, C, h, w]
-    acp = model.config.scheduler.alphas_cumprod(device)
+    schedule = model.config.scheduler
+    acp = schedule.alphas_cumprod(device)
     t = timesteps if timesteps is not None else torch.randint(0, acp.numel(), (b,), generator=gen).to(device)
     t = t.repeat_interleave(v)  # one timestep per object, as MVDream
     eps = noise if noise is not None else torch.randn(x0.shape, generator=gen).to(x0)
@@ -207,11 +209,12 @@ def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen
             ref_cam = torch.zeros(b, 16, device=device)
         reference = ReferenceFrame(ref_x0, ref_cam, torch.full((b,), cfg.ref_timestep, device=device))
     pred = model.unet(x_t, t, context, cams, n_views=v, reference=reference)
+    target = schedule.target(x0.float(), eps.float(), a)
     if cfg.snr_gamma is None:
-        return F.mse_loss(pred.float(), eps.float())
+        return F.mse_loss(pred.float(), target)
     snr = a / (1 - a)
-    weight = snr.clamp(max=cfg.snr_gamma) / snr  # [B·V, 1, 1, 1]
-    return (weight * (pred.float() - eps.float()).square()).mean()
+    weight = snr.clamp(max=cfg.snr_gamma) / (snr if schedule.prediction_type == "epsilon" else snr + 1)  # [B·V, 1, 1, 1]
+    return (weight * (pred.float() - target).square()).mean()
 
 
 def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

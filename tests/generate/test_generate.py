@@ -243,3 +243,31 @@ def test_reference_view_loss_variant(model):
     plain = generate(EXAMPLE, model, config=cfg, seed=0, progress=False)
     with_l2 = generate(EXAMPLE, model, config=dataclasses.replace(cfg, reference_loss_weight=1.0), seed=0, progress=False)
     assert with_l2.run["losses"][0] > plain.run["losses"][0], "the L2 term is added to the SDS loss"
+
+
+def test_sds_step_reads_a_v_prediction_bundle_as_epsilon(model):
+    """SDS works on ε: a v-prediction UNet that predicts the same x₀ as an ε one gives the same loss and gradient."""
+    from iso3d.generation import sds_step
+    from iso3d.models.bundle import SchedulerConfig
+    from iso3d.nerf import ImplicitVolume, VolumeRenderer
+
+    cfg = _config(4)
+    v_model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16,
+                                                    scheduler=SchedulerConfig(prediction_type="v_prediction")), seed=0)
+    acp = model.config.scheduler.alphas_cumprod("cpu")  # the same betas: only the parametrization differs
+    token = torch.randn(1, 1, model.config.unet.cross_attention_dim, generator=torch.Generator().manual_seed(0))
+
+    def as_v(x_t, t, *args, **kwargs):  # the ε model's prediction, expressed as v
+        eps = model.unet(x_t, t, *args, **kwargs)
+        a = acp[t].view(-1, 1, 1, 1)
+        return v_model.config.scheduler.target((x_t - (1 - a).sqrt() * eps) / a.sqrt(), eps, a)
+
+    results = {}
+    for name, bundle, unet in (("epsilon", model, None), ("v", v_model, as_v)):
+        fld, renderer = ImplicitVolume(cfg.field, seed=0), VolumeRenderer(cfg.renderer)
+        loss = sds_step(bundle, fld, renderer, token, acp, cfg, 3, torch.Generator().manual_seed(3), unet=unet)
+        loss.backward()
+        results[name] = (loss.detach(), fld.encoding.params.grad.clone())
+    assert results["epsilon"][0] > 0
+    torch.testing.assert_close(results["v"][0], results["epsilon"][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results["v"][1], results["epsilon"][1], rtol=1e-3, atol=1e-7)

@@ -14,6 +14,7 @@ pytest.importorskip("diffusers", reason="diffusers not installed (pip install di
 pytest.importorskip("open_clip", reason="open_clip not installed (pip install open-clip-torch)")
 
 from iso3d.data import MultiViewDataset, ObjectSampling, RenderSettings  # noqa: E402
+from iso3d.io.images import composite_on_white  # noqa: E402
 from iso3d.models.bundle import MultiViewDiffusion, SchedulerConfig  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.training import DataConfig, TrainConfig, diffusion_loss, train  # noqa: E402
@@ -40,9 +41,10 @@ def _fixed_loss(model, data, cfg):
                               timesteps=torch.tensor([100, 300, 500, 700])).item()
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_loss_falls_on_a_fixed_tiny_batch(stage, dataset, tmp_path):
-    model = _model()
+@pytest.mark.parametrize("stage, prediction", [("stage1", "epsilon"), ("stage2", "epsilon"), ("stage1", "v_prediction")])
+def test_loss_falls_on_a_fixed_tiny_batch(stage, prediction, dataset, tmp_path):
+    model = _model() if prediction == "epsilon" else MultiViewDiffusion(
+        tiny_bundle_config(image_size=IMAGE, width=16, scheduler=SchedulerConfig(prediction_type=prediction)), seed=0)
     cfg = TrainConfig(stage=stage, steps=40, batch_size=4, lr=2e-3, checkpoint_every=1000, log_every=5,
                       data=DataConfig(cache_dir=None))
     before = _fixed_loss(model, dataset, cfg)
@@ -215,6 +217,43 @@ def test_min_snr_weighting(dataset):
     assert loss(1e9, slice(0, 4)) == pytest.approx(loss(None, slice(0, 4)), rel=1e-6)
 
 
+def test_v_prediction_loss_targets_v_and_weights_min_snr_by_snr_plus_one(dataset):
+    """A v-prediction bundle's loss is the MSE against v = √ᾱ·ε − √(1−ᾱ)·x₀ (zero for a UNet that
+    returns exactly v), and its Min-SNR-γ weight is min(SNR_t, γ)/(SNR_t + 1)."""
+    cfg_model = tiny_bundle_config(image_size=IMAGE, width=16,
+                                   scheduler=SchedulerConfig(prediction_type="v_prediction", zero_terminal_snr=True))
+    model = MultiViewDiffusion(cfg_model, seed=0)
+    schedule = model.config.scheduler
+    acp = schedule.alphas_cumprod("cpu")
+    batch = _batch(dataset, torch.arange(len(dataset)), "cpu")
+    t = torch.tensor([20, 300, 600, 999])  # the last: ᾱ = 0, x_t is pure noise and v = −x₀
+    noise = torch.randn(len(dataset) * 4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
+    x0 = model.encode_images(composite_on_white(batch["views"]).flatten(0, 1))
+    a = acp[t].repeat_interleave(4).view(-1, 1, 1, 1)
+    v = schedule.target(x0, noise, a)
+    torch.testing.assert_close(v[-4:], -x0[-4:])
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x_t, timesteps, *args, **kwargs):
+            assert torch.equal(timesteps, t.repeat_interleave(4))
+            torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)
+            return v + offset
+
+    def loss(gamma):
+        cfg = TrainConfig(cond_dropout=0.0, snr_gamma=gamma, data=DataConfig(cache_dir=None))
+        with torch.no_grad():
+            return diffusion_loss(model, batch, cfg, torch.Generator().manual_seed(5), noise=noise, timesteps=t).item()
+
+    model.unet = Oracle()
+    offset = torch.zeros(())
+    assert loss(None) < 1e-10
+    offset = torch.linspace(0.1, 0.4, 16).view(-1, 1, 1, 1)  # a known error per view
+    per_view = offset.flatten().square()
+    assert loss(None) == pytest.approx(per_view.mean().item(), rel=1e-5)
+    snr = (a / (1 - a)).flatten()
+    assert loss(5.0) == pytest.approx((per_view * snr.clamp(max=5.0) / (snr + 1)).mean().item(), rel=1e-5)
+
+
 def test_batch_matches_single_samples(dataset):
     batch = dataset.batch(torch.tensor([2, 0]))
     for row, i in enumerate([2, 0]):
@@ -247,7 +286,7 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     cmd = [sys.executable, "-m", "iso3d", "train", "all", "--out", str(tmp_path / "run"), "--steps", "2",
            "--encoder-steps", "2", "--train-size", "4", "--image-size", str(IMAGE), "--width", "16",
            "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright",
-           "--noise-schedule", "ddpm"]
+           "--noise-schedule", "ddpm", "--prediction-type", "v_prediction", "--zero-terminal-snr"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("encoder", "stage1", "stage2"):
@@ -258,7 +297,8 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
     model = MultiViewDiffusion.from_pretrained(tmp_path / "run" / "stage2" / "bundle")
     assert model.config.image_size == IMAGE
-    assert model.config.scheduler == SchedulerConfig.ddpm()  # chosen for the new model, kept by stages 1 and 2
+    expected = dataclasses.replace(SchedulerConfig.ddpm(), prediction_type="v_prediction", zero_terminal_snr=True)
+    assert model.config.scheduler == expected  # chosen for the new model, kept by stages 1 and 2
 
 
 def test_noise_schedule_option_is_for_new_models_only(tmp_path):
@@ -267,3 +307,8 @@ def test_noise_schedule_option_is_for_new_models_only(tmp_path):
     with pytest.raises(ValueError, match="--noise-schedule sets a new model's schedule"):
         main(["train", "stage1", "--out", str(tmp_path), "--init", "iso3d-tiny", "--noise-schedule", "ddpm",
               "--device", "cpu"])
+    with pytest.raises(ValueError, match="--prediction-type, --zero-terminal-snr set a new model's schedule"):
+        main(["train", "stage1", "--out", str(tmp_path), "--init", "iso3d-tiny", "--prediction-type", "v_prediction",
+              "--zero-terminal-snr", "--device", "cpu"])
+    with pytest.raises(ValueError, match="zero_terminal_snr=True needs prediction_type='v_prediction'"):
+        main(["train", "stage1", "--out", str(tmp_path), "--zero-terminal-snr", "--device", "cpu"])
