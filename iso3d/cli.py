@@ -74,7 +74,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .models.bundle import MultiViewDiffusion
     from .training.evaluate import evaluate_retrieval, evaluate_views, sample_grid
 
-    results = {}
+    results, grid_names = {}, set()
     for bundle in args.bundles:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
         data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
@@ -85,6 +85,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.grid:
             grid = Path(args.grid)
             name = Path(bundle).name if Path(bundle).name != "bundle" else Path(bundle).parent.name
+            if name in grid_names:  # e.g. two runs' stage1/bundle: one grid each, not one overwritten
+                name = f"{name}_{len(grid_names) + 1}"
+            grid_names.add(name)
             results[bundle]["grid"] = str(sample_grid(model, data, grid.with_name(f"{grid.stem}_{name}{grid.suffix}"),
                                                       n_objects=args.grid_objects, seed=args.seed,
                                                       guidance_scale=args.guidance, with_reference=args.with_reference))

@@ -167,4 +167,8 @@ class MultiViewPipeline:
             step_eta = 0.0 if scheduler.alphas_cumprod[int(t)] == 0 else eta
             latents = scheduler.step(eps, t, latents, eta=step_eta, use_clipped_model_output=scheduler.config.clip_sample,
                                      generator=generator).prev_sample
+        if not torch.isfinite(latents).all():  # one check per call: a NaN image would save as black, silently
+            raise FloatingPointError(
+                f"MultiViewPipeline: sampling produced NaN/Inf ({num_inference_steps} steps, eta={eta}, "
+                f"guidance_scale={guidance_scale}); check the bundle's weights and scheduler config")
         return MultiViewOutput(self.model.decode(latents), elev, azim)

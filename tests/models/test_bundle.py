@@ -129,6 +129,15 @@ def test_pipeline_rejects_bad_arguments(tiny_folder):
         MultiViewPipeline("not a model")
 
 
+def test_pipeline_refuses_to_return_non_finite_images(tiny_folder):
+    model = MultiViewDiffusion.from_pretrained(tiny_folder)
+    model.unet.forward = lambda x, *a, **k: torch.full_like(x, float("nan"))
+    pipe = MultiViewPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(FloatingPointError, match="sampling produced NaN/Inf"):
+        pipe(torch.rand(3, 32, 32), num_inference_steps=2)
+
+
 def test_views_cli_writes_a_grid(tiny_folder, tmp_path):
     from PIL import Image
 

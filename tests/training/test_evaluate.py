@@ -50,8 +50,9 @@ def test_evaluate_command(tmp_path):
     import subprocess
     import sys
 
-    bundle = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0).save_pretrained(tmp_path / "b")
-    result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), "--objects", "2", "--steps", "1",
+    model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
+    bundle, other = (model.save_pretrained(tmp_path / run / "stage1" / "bundle") for run in ("r", "c"))
+    result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), str(other), "--objects", "2", "--steps", "1",
                              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
                              "--grid", str(tmp_path / "grid.png"), "--grid-objects", "2", "--with-reference"],
                             capture_output=True, text=True, timeout=600)
@@ -61,4 +62,5 @@ def test_evaluate_command(tmp_path):
     from PIL import Image
 
     grid = Image.open(report[str(bundle)]["grid"])  # 2 rows of 1 input + 4 sampled + 4 true 16² views
-    assert grid.size == (9 * 16, 2 * 16) and Path(report[str(bundle)]["grid"]).name == "grid_b.png"
+    assert grid.size == (9 * 16, 2 * 16) and Path(report[str(bundle)]["grid"]).name == "grid_stage1.png"
+    assert Path(report[str(other)]["grid"]).name == "grid_stage1_2.png"  # two runs' stage1/bundle: two grids
