@@ -422,8 +422,8 @@ def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRen
         with torch.profiler.record_function("iso3d.sds.unet"):
             eps = (unet if unet is not None else model.unet)(torch.cat([x_t, x_t]), torch.full((2 * frames,), t, device=device),
                                                              context, torch.cat([cams, cams]), n_views=n_views)
-    eps = model.config.scheduler.epsilon(eps.float(), torch.cat([x_t, x_t]).float(), a)  # v-prediction bundles
-    eps_c, eps_u = eps.chunk(2)
+    schedule = model.config.scheduler  # a v-prediction bundle's output, read as ε (ε bundles: unchanged)
+    eps_c, eps_u = (schedule.epsilon(half, x_t.float(), a) for half in eps.float().chunk(2))
     loss = x0_reconstruction_loss(z, x_t, a, eps_c, eps_u, n_views=n_views, guidance_scale=config.sds.guidance_scale,
                                   recon_std_rescale=config.sds.recon_std_rescale)
     w0, w1 = config.orient_weight
