@@ -24,6 +24,9 @@
 # Better (model card, tenth session: on the CPU recipe +1.1 dB and 2x silhouette IoU over the plain
 # loss): a retrain with v-prediction on a zero-terminal-SNR schedule, with reference dropout as set:
 #   TRAIN=1 PREDICTION=v_prediction TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
+# The shipped iso3d-tiny (model card, 2026-11-27) is that schedule on single upright primitives at 1.5x,
+# trained on the 2-core CPU; a GPU retrain of it, or a step towards composites (MAX_PRIMITIVES=2..3):
+#   TRAIN=1 PREDICTION=v_prediction MAX_PRIMITIVES=1 ORIENTATION=upright OBJECT_SCALE=1.5 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 # Next for the 15-minute goal (RESULTS.md): the VAE encode eagerly vs through torch.compile (new phase
 # vae_encode_compiled; the first call compiles), beside the step it is part of, at both stages:
 #   TRAIN=0 TESTS="" BENCHES=sds SDS_LIMIT=300 SDS_K="phases and not render and not unet" bash benchmarks/gpu_session.sh
@@ -125,8 +128,9 @@ MP=${MP:-bf16} REFDROP=${REFDROP:-1}
 # S1_BUNDLE: start the stage-2 runs from this stage-1 bundle (carry it) and skip the encoder and stage 1,
 # e.g. runs/h100-retrain-s6/stage1 (the sixth session's retrain, kept on the development machine).
 S1_BUNDLE=${S1_BUNDLE:-}
-# ORIENTATION: the procedural objects' poses (iso3d.data.ObjectSampling): upright or any.
-ORIENTATION=${ORIENTATION:-any}
+# ORIENTATION, MAX_PRIMITIVES, OBJECT_SCALE: the procedural objects (iso3d.data.ObjectSampling): poses
+# upright or any, 1..N primitives each, sizes and centres times the scale.
+ORIENTATION=${ORIENTATION:-any} MAX_PRIMITIVES=${MAX_PRIMITIVES:-3} OBJECT_SCALE=${OBJECT_SCALE:-1.0}
 # SNR_GAMMA: Min-SNR-γ loss weighting of the diffusion stages (e.g. 5; empty: the plain ε-MSE).
 SNR_GAMMA=${SNR_GAMMA:-}
 # WIDTH: iso3d-tiny's base width for a new model (UNet widths (w, 2w, 2w), embedding 2w; 32 is shipped).
@@ -136,7 +140,7 @@ WIDTH=${WIDTH:-32}
 PREDICTION=${PREDICTION:-epsilon}
 ZTSNR=${ZTSNR:-$([ "$PREDICTION" = v_prediction ] && echo 1 || echo 0)}
 schedule="--prediction-type $PREDICTION $([ "$ZTSNR" = 1 ] && echo --zero-terminal-snr)"
-common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION ${SNR_GAMMA:+--snr-gamma $SNR_GAMMA}"
+common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION --max-primitives $MAX_PRIMITIVES --object-scale $OBJECT_SCALE ${SNR_GAMMA:+--snr-gamma $SNR_GAMMA}"
 s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
@@ -147,7 +151,7 @@ s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosin
     S1_BUNDLE=$R/stage1/bundle
   else  # the runs below start side by side: render a missing data cache once, here, not three times there
     timeout 600 python3 -c "from iso3d.data import MultiViewDataset, ObjectSampling
-MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientation='$ORIENTATION'), cache_dir='data/cache', workers=16)" || exit 3
+MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientation='$ORIENTATION', max_primitives=$MAX_PRIMITIVES, scale=$OBJECT_SCALE), cache_dir='data/cache', workers=16)" || exit 3
   fi
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
   [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $S1_BUNDLE --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &

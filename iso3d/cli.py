@@ -70,15 +70,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from .data import MultiViewDataset, ObjectSampling, RenderSettings
+    from .data import MultiViewDataset, RenderSettings
     from .models.bundle import MultiViewDiffusion
+    from .training.cli import object_sampling_from_args
     from .training.evaluate import evaluate_retrieval, evaluate_views, sample_grid
 
     results, grid_names = {}, set()
     for bundle in args.bundles:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
         data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
-                                object_sampling=ObjectSampling(orientation=args.orientation), cache_dir=args.cache_dir)
+                                object_sampling=object_sampling_from_args(args, model.config.training_objects),
+                                cache_dir=args.cache_dir)
         results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
                                             guidance_scale=args.guidance, with_reference=args.with_reference),
                            **evaluate_retrieval(model, data)}
@@ -97,12 +99,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import METHODS, EvalConfig, evaluate_methods
-    from .models.bundle import default_bundle_path
+    from .models.bundle import default_bundle_path, load_bundle_config
+    from .training.cli import object_sampling_from_args
 
     methods = tuple(args.methods) if args.methods else tuple(m for m in METHODS if m != "stage1" or args.stage1_model)
+    model = args.model or default_bundle_path()
+    objects = object_sampling_from_args(args, load_bundle_config(model).training_objects)
     config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals,
-                        guidance_scale=args.guidance, orientation=args.orientation)
-    results = evaluate_methods(args.model or default_bundle_path(), stage1_bundle=args.stage1_model, config=config,
+                        guidance_scale=args.guidance, object_sampling=objects)
+    results = evaluate_methods(model, stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
     header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
     print(header)
@@ -120,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import add_orientation_argument, add_train_parser
+    from .training.cli import add_object_sampling_arguments, add_train_parser
 
     parser = argparse.ArgumentParser(prog="iso3d", description="Image to 3D by the Isotropic3D method.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="diagnostic: also attend to the input view as the clean EMA reference frame at its true "
                          "pose (how stage 2 was trained; the method's inference uses the CLIP embedding only)")
     ev.add_argument("--device", default="auto")
-    add_orientation_argument(ev)
+    add_object_sampling_arguments(ev)
     e3 = sub.add_parser("eval", help="image to 3D on held-out procedural objects: Chamfer, volume IoU, novel-view "
                                      "PSNR/SSIM, CLIP similarity; Isotropic3D vs reference-view L2 vs stage 1 vs sphere")
     e3.add_argument("-o", "--output", default="eval", help="folder for results.json and per-object images")
@@ -191,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the SDS runs' CFG scale (as iso3d generate --guidance); default: the CPU config's")
     e3.add_argument("--seed", type=int, default=0)
     e3.add_argument("--device", default="auto")
-    add_orientation_argument(e3)
+    add_object_sampling_arguments(e3)
 
     add_train_parser(sub)
     return parser

@@ -122,16 +122,23 @@ class ObjectSampling:
     so one view fixes an object up to its azimuth, which is what the method assumes of its
     conditioning image (the released model was fine-tuned on gravity-aligned Objaverse objects).
     ``"any"``: uniform 3D rotations (the default, and the data the shipped iso3d-tiny was trained on).
+
+    ``scale`` multiplies every primitive's sizes and centre: at 1 a lone sphere's radius is 0.15–0.35,
+    so at 32² it spans 7–15 pixels; 1.4 gives a small model more pixels of each shape. Keep the
+    object inside the unit ball (the NeRF's box is [−1, 1]³): scales above 2 are refused.
     """
 
     max_primitives: int = 3
     orientation: Literal["upright", "any"] = "any"
+    scale: float = 1.0
 
     def __post_init__(self):
         if self.orientation not in ("upright", "any"):
             raise ValueError(f"ObjectSampling.orientation must be 'upright' or 'any', got {self.orientation!r}")
         if isinstance(self.max_primitives, bool) or not isinstance(self.max_primitives, int) or self.max_primitives < 1:
             raise ValueError(f"ObjectSampling.max_primitives must be an int >= 1, got {self.max_primitives!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale <= 2:
+            raise ValueError(f"ObjectSampling.scale must be a number in (0, 2], got {self.scale!r}")
 
 
 def random_object(seed: int, sampling: ObjectSampling = ObjectSampling()) -> ProceduralObject:
@@ -152,7 +159,7 @@ def random_object(seed: int, sampling: ObjectSampling = ObjectSampling()) -> Pro
         center = u(-0.25, 0.25, 3) if n > 1 else u(-0.05, 0.05, 3)
         color = u(0.1, 0.95, 3)
         rotation = _random_rotation(gen) if sampling.orientation == "any" else _upright_rotation(kind, gen)
-        prims.append(Primitive(kind, center, rotation, size, color))
+        prims.append(Primitive(kind, center * sampling.scale, rotation, size * sampling.scale, color))
     return ProceduralObject(prims)
 
 

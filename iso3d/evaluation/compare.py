@@ -52,7 +52,8 @@ class EvalConfig:
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
     guidance_scale: float | None = None  # the SDS runs' CFG scale (generate(guidance_scale=…)); None: cpu_tiny's
-    orientation: str = ObjectSampling().orientation  # the held-out objects' poses (ObjectSampling.orientation)
+    # How the held-out objects are drawn; None: as the bundle's training objects (BundleConfig.training_objects).
+    object_sampling: ObjectSampling | None = None
 
 
 def _subsample(points: torch.Tensor, n: int) -> torch.Tensor:
@@ -154,9 +155,11 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
     if "stage1" in methods and stage1_bundle is None:
         raise ValueError("methods include 'stage1' but stage1_bundle is None")
     stage1 = load(stage1_bundle).eval() if "stage1" in methods else None
+    if config.object_sampling is None:
+        config = dataclasses.replace(config, object_sampling=ObjectSampling(**(model.config.training_objects or {})))
     data = MultiViewDataset(config.split, config.objects, seed=config.seed,
                             settings=RenderSettings(image_size=config.view_size),
-                            object_sampling=ObjectSampling(orientation=config.orientation), progress=progress)
+                            object_sampling=config.object_sampling, progress=progress)
     settings = RenderSettings(image_size=config.view_size)
     base = GenerateConfig.cpu_tiny(steps=config.steps)
     out_dir = Path(out) if out is not None else None

@@ -140,6 +140,9 @@ class BundleConfig:
     # everywhere) is a signal the model learns to rely on; m = 1 restores it (see iso3d-tiny's card).
     sampling_eta: float = 0.0
     sampling_init_mean: float = 0.0
+    # The procedural objects (`iso3d.data.ObjectSampling` fields) the last training stage drew;
+    # `iso3d eval-model` and `iso3d eval` draw held-out objects alike. None: not trained here.
+    training_objects: dict | None = None
 
     def __post_init__(self):
         if not 0 <= self.sampling_eta <= 1:
@@ -184,6 +187,7 @@ class BundleConfig:
             guidance_scale=d.get("guidance_scale", 10.0),
             sampling_eta=d.get("sampling_eta", 0.0),
             sampling_init_mean=d.get("sampling_init_mean", 0.0),
+            training_objects=d.get("training_objects"),
         )
 
 
@@ -256,7 +260,7 @@ class MultiViewDiffusion(nn.Module):
         Weights come back in ``dtype`` (default float32, whatever the files store).
         """
         folder = default_bundle_path() if path_or_id is None else _resolve_bundle(path_or_id)
-        config = BundleConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        config = load_bundle_config(folder)
         with torch.device("meta"):
             model = cls(config, backend=backend)
         model.load_parts({name: _load_safetensors(folder / f"{name}.safetensors") for name in model._parts()})
@@ -286,6 +290,12 @@ class MultiViewDiffusion(nn.Module):
             model = cls(BundleConfig.official(), backend=backend)
         model.load_parts({"unet": converted.unet, "vae": converted.vae, "image_encoder": converted.image_encoder})
         return model
+
+
+def load_bundle_config(path_or_id: str | os.PathLike | None = None) -> BundleConfig:
+    """A bundle's ``config.json`` (resolved as :meth:`MultiViewDiffusion.from_pretrained` does), no weights."""
+    folder = default_bundle_path() if path_or_id is None else _resolve_bundle(path_or_id)
+    return BundleConfig.from_dict(json.loads((folder / "config.json").read_text()))
 
 
 def default_bundle_path(name: str = "iso3d-tiny") -> Path:

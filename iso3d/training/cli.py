@@ -8,15 +8,30 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["add_orientation_argument", "add_train_parser", "run_train"]
+__all__ = ["add_object_sampling_arguments", "add_train_parser", "object_sampling_from_args", "run_train"]
 
 
-def add_orientation_argument(p) -> None:
-    """``--orientation``: how the procedural objects are posed (``iso3d.data.ObjectSampling``; its
-    default, written out here so that building the parser imports no torch; a test keeps them equal)."""
-    p.add_argument("--orientation", choices=["upright", "any"], default="any",
+def add_object_sampling_arguments(p) -> None:
+    """``--orientation``, ``--max-primitives``, ``--object-scale``: how the procedural objects are drawn
+    (``iso3d.data.ObjectSampling``). Unset, they take the bundle's training objects
+    (``BundleConfig.training_objects``), else ObjectSampling's defaults (not restated here, so that
+    building the parser imports no torch)."""
+    p.add_argument("--orientation", choices=["upright", "any"], default=None,
                    help="procedural objects resting upright and turned about the vertical axis only, or in any "
-                        "3D orientation")
+                        "3D orientation (default: the bundle's training objects', else any)")
+    p.add_argument("--max-primitives", type=int, default=None,
+                   help="procedural objects are unions of 1..N primitives (default: the bundle's, else 3)")
+    p.add_argument("--object-scale", type=float, default=None,
+                   help="multiply the primitives' sizes and centres, at most 2 (default: the bundle's, else 1)")
+
+
+def object_sampling_from_args(args: argparse.Namespace, training_objects: dict | None = None):
+    """The :class:`iso3d.data.ObjectSampling` of :func:`add_object_sampling_arguments`: each option given
+    overrides ``training_objects`` (a bundle's ``config.training_objects``), which overrides the defaults."""
+    from iso3d.data import ObjectSampling
+
+    given = {"orientation": args.orientation, "max_primitives": args.max_primitives, "scale": args.object_scale}
+    return ObjectSampling(**{**(training_objects or {}), **{k: v for k, v in given.items() if v is not None}})
 
 
 def add_train_parser(sub) -> None:
@@ -31,7 +46,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--encoder-lr", type=float, default=1e-3)
     p.add_argument("--train-size", type=int, default=512, help="procedural training objects")
     p.add_argument("--image-size", type=int, default=32)
-    add_orientation_argument(p)
+    add_object_sampling_arguments(p)
     p.add_argument("--width", type=int, default=32, help="iso3d-tiny base width (new models only)")
     p.add_argument("--noise-schedule", choices=["release", "ddpm"], default=None,
                    help="new models only (not with --init): the release's scaled-linear betas 0.00085-0.012 "
@@ -73,7 +88,6 @@ def add_train_parser(sub) -> None:
 def run_train(args: argparse.Namespace, device) -> int:
     import torch
 
-    from iso3d.data import ObjectSampling
     from iso3d.models.bundle import MultiViewDiffusion, SchedulerConfig
     from iso3d.models.presets import tiny_bundle_config
 
@@ -96,7 +110,7 @@ def run_train(args: argparse.Namespace, device) -> int:
                                    seed=args.seed, backend=args.attention_backend)
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
                       cache_dir=args.cache_dir, render_workers=args.render_workers,
-                      object_sampling=ObjectSampling(orientation=args.orientation))
+                      object_sampling=object_sampling_from_args(args, model.config.training_objects))
     base = TrainConfig(batch_size=args.batch_size, lr=args.lr, ref_timestep=args.ref_timestep,
                        ref_camera=args.ref_camera, checkpoint_every=args.checkpoint_every,
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,

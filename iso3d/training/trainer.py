@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -343,6 +343,8 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
                 p.copy_(e)
     model.image_encoder.requires_grad_(False)
     model.eval()
+    # The bundle remembers its training objects, so that evaluation draws held-out objects alike.
+    model.config = replace(model.config, training_objects=asdict(dataset.object_sampling))
     return {"step": step, "loss": loss_value, "seconds": time.time() - start, "stopped_by_time_limit": stopped_early}
 
 

@@ -149,10 +149,32 @@ def test_bad_object_sampling():
     assert max(len(random_object(s, ObjectSampling(max_primitives=1)).primitives) for s in range(20)) == 1
 
 
-def test_cli_orientation_default_is_object_samplings():
+def test_object_scale_multiplies_sizes_and_centres():
+    base, scaled = random_object(5, ObjectSampling(max_primitives=3)), random_object(5, ObjectSampling(scale=1.5))
+    assert len(base.primitives) == len(scaled.primitives)
+    for a, b in zip(base.primitives, scaled.primitives):
+        assert a.kind == b.kind and torch.equal(a.rotation, b.rotation) and torch.equal(a.color, b.color)
+        torch.testing.assert_close(b.size, 1.5 * a.size)
+        torch.testing.assert_close(b.center, 1.5 * a.center)
+    # Scale 1 is the data as before the option existed, bit for bit.
+    one = random_object(5, ObjectSampling(scale=1.0))
+    assert all(torch.equal(a.size, b.size) and torch.equal(a.center, b.center) for a, b in zip(base.primitives, one.primitives))
+    for bad in (0, -1.0, 2.5, True, "1"):
+        with pytest.raises(ValueError, match="scale must be a number in \\(0, 2\\]"):
+            ObjectSampling(scale=bad)
+
+
+def test_cli_object_sampling_defaults_come_from_the_bundle_then_object_sampling():
     from iso3d.cli import build_parser
+    from iso3d.training.cli import object_sampling_from_args
 
     parser = build_parser()
+    trained = {"max_primitives": 1, "orientation": "upright", "scale": 1.5}
     for argv in (["train", "stage1", "--out", "x"], ["eval-model", "b"], ["eval"]):
-        assert parser.parse_args(argv).orientation == ObjectSampling().orientation, argv
-    assert parser.parse_args(["eval", "--orientation", "upright"]).orientation == "upright"
+        args = parser.parse_args(argv)
+        assert object_sampling_from_args(args) == ObjectSampling(), argv
+        assert object_sampling_from_args(args, trained) == ObjectSampling(**trained), argv
+    args = parser.parse_args(["eval", "--orientation", "any", "--object-scale", "1.2"])
+    assert object_sampling_from_args(args, trained) == ObjectSampling(max_primitives=1, orientation="any", scale=1.2)
+    with pytest.raises(ValueError, match="max_primitives must be an int >= 1"):
+        object_sampling_from_args(parser.parse_args(["eval", "--max-primitives", "0"]))

@@ -14,11 +14,16 @@ from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 
 
 def test_every_method_on_one_object(tmp_path):
+    import dataclasses
+
+    trained_on = {"max_primitives": 1, "orientation": "upright", "scale": 1.5}
     model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
+    model.config = dataclasses.replace(model.config, training_objects=trained_on)
     config = EvalConfig(objects=1, steps=2, input_size=32, view_size=16, surface_points=256, iou_resolution=12,
                         normals="analytic", guidance_scale=5.0)  # step 2 of 2 shades with analytic normals
     results = evaluate_methods(model, stage1_bundle=model, config=config, out=tmp_path, progress=False)
     assert results["config"]["normals"] == "analytic" and results["config"]["guidance_scale"] == 5.0
+    assert results["config"]["object_sampling"] == trained_on  # unset: held-out objects drawn as the model's
     row = results["objects"][0]
     for method in ("isotropic3d", "reference_l2", "stage1", "sphere"):
         r = row[method]

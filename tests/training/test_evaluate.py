@@ -50,8 +50,16 @@ def test_evaluate_command(tmp_path):
     import subprocess
     import sys
 
+    import dataclasses
+
+    from iso3d.data import ObjectSampling
+
     model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
-    bundle, other = (model.save_pretrained(tmp_path / run / "stage1" / "bundle") for run in ("r", "c"))
+    bundle = model.save_pretrained(tmp_path / "r" / "stage1" / "bundle")
+    # A bundle trained on other objects is evaluated on held-out objects drawn alike.
+    single = ObjectSampling(max_primitives=1, orientation="upright", scale=1.5)
+    model.config = dataclasses.replace(model.config, training_objects=dataclasses.asdict(single))
+    other = model.save_pretrained(tmp_path / "c" / "stage1" / "bundle")
     result = subprocess.run([sys.executable, "-m", "iso3d", "evaluate", str(bundle), str(other), "--objects", "2", "--steps", "1",
                              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
                              "--grid", str(tmp_path / "grid.png"), "--grid-objects", "2", "--with-reference"],
@@ -64,3 +72,7 @@ def test_evaluate_command(tmp_path):
     grid = Image.open(report[str(bundle)]["grid"])  # 2 rows of 1 input + 4 sampled + 4 true 16² views
     assert grid.size == (9 * 16, 2 * 16) and Path(report[str(bundle)]["grid"]).name == "grid_stage1.png"
     assert Path(report[str(other)]["grid"]).name == "grid_stage1_2.png"  # two runs' stage1/bundle: two grids
+    expected = {MultiViewDataset("test", 2, settings=RenderSettings(image_size=16), object_sampling=sampling,
+                                 progress=False)._cache_path(tmp_path / "cache").name
+                for sampling in (ObjectSampling(), single)}
+    assert {p.name for p in (tmp_path / "cache").glob("*.npz")} == expected

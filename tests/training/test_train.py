@@ -286,17 +286,19 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     cmd = [sys.executable, "-m", "iso3d", "train", "all", "--out", str(tmp_path / "run"), "--steps", "2",
            "--encoder-steps", "2", "--train-size", "4", "--image-size", str(IMAGE), "--width", "16",
            "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright",
-           "--noise-schedule", "ddpm", "--prediction-type", "v_prediction", "--zero-terminal-snr"]
+           "--max-primitives", "2", "--object-scale", "1.25", "--noise-schedule", "ddpm", "--prediction-type", "v_prediction", "--zero-terminal-snr"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    objects = ObjectSampling(max_primitives=2, orientation="upright", scale=1.25)
     for stage in ("encoder", "stage1", "stage2"):
         saved = json.loads((tmp_path / "run" / stage / "result.json").read_text())
-        assert saved["config"]["data"]["object_sampling"]["orientation"] == "upright"
-    expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE),
-                                object_sampling=ObjectSampling(orientation="upright"), progress=False)
+        assert saved["config"]["data"]["object_sampling"] == dataclasses.asdict(objects)
+    expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE), object_sampling=objects,
+                                progress=False)
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
     model = MultiViewDiffusion.from_pretrained(tmp_path / "run" / "stage2" / "bundle")
     assert model.config.image_size == IMAGE
+    assert model.config.training_objects == dataclasses.asdict(objects)  # what eval-model and eval draw held-out objects from
     expected = dataclasses.replace(SchedulerConfig.ddpm(), prediction_type="v_prediction", zero_terminal_snr=True)
     assert model.config.scheduler == expected  # chosen for the new model, kept by stages 1 and 2
 
