@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "analytic (the release's: from the hash grid's Jacobian, no extra density "
                           "evaluations), or none (albedo only); default: the config's (analytic on GPU, off on CPU)")
     gen.add_argument("--guidance", type=float, default=None,
-                     help="SDS classifier-free guidance scale (default: the config's, the release's 10)")
+                     help="SDS classifier-free guidance scale (default: the bundle's sds_guidance_scale, iso3d-tiny's 5; "
+                          "else the config's, the release's 10)")
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, on; --no-cuda-graph: eager)")
     gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--normals", choices=["central", "forward", "analytic", "off"], default=None,
                     help="the SDS runs' normals (as iso3d generate --normals); default: the CPU config's (off)")
     e3.add_argument("--guidance", type=float, default=None,
-                    help="the SDS runs' CFG scale (as iso3d generate --guidance); default: the CPU config's")
+                    help="the SDS runs' CFG scale (as iso3d generate --guidance); default: generate's (the bundle's "
+                         "sds_guidance_scale, else the config's)")
     e3.add_argument("--seed", type=int, default=0)
     e3.add_argument("--device", default="auto")
     add_object_sampling_arguments(e3)

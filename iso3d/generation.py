@@ -218,8 +218,9 @@ def generate(
     benchmarks/RESULTS.md), ``"analytic"`` (the release's choice: exact −∇σ/‖∇σ‖ from the hash
     grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
     ``cuda_graph`` overrides ``config.cuda_graph`` (on a GPU, the UNet's forward replayed from a CUDA
-    graph; ignored on the CPU). ``guidance_scale`` overrides the SDS classifier-free guidance
-    (``config.sds.guidance_scale``, the release's 10). ``compile_vae`` overrides ``config.compile_vae``
+    graph; ignored on the CPU). ``guidance_scale`` sets the SDS classifier-free guidance; None: the
+    bundle's ``config.sds_guidance_scale`` when it has one (iso3d-tiny: 5, see its model card), else
+    ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
@@ -233,6 +234,8 @@ def generate(
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         config = dataclasses.replace(config, steps=steps)
+    if guidance_scale is None:
+        guidance_scale = model.config.sds_guidance_scale
     if guidance_scale is not None:
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale) or guidance_scale < 0:

@@ -51,7 +51,7 @@ class EvalConfig:
     surface_points: int = 2048
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
-    guidance_scale: float | None = None  # the SDS runs' CFG scale (generate(guidance_scale=…)); None: cpu_tiny's
+    guidance_scale: float | None = None  # the SDS runs' CFG (generate(guidance_scale=…)); None: as generate's default
     # How the held-out objects are drawn; None: as the bundle's training objects (BundleConfig.training_objects).
     object_sampling: ObjectSampling | None = None
 

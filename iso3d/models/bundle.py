@@ -143,8 +143,13 @@ class BundleConfig:
     # The procedural objects (`iso3d.data.ObjectSampling` fields) the last training stage drew;
     # `iso3d eval-model` and `iso3d eval` draw held-out objects alike. None: not trained here.
     training_objects: dict | None = None
+    # The SDS classifier-free guidance `iso3d generate` uses with this bundle unless told otherwise
+    # (generate(guidance_scale=…) wins over it, it wins over GenerateConfig.sds). None: the config's.
+    sds_guidance_scale: float | None = None
 
     def __post_init__(self):
+        if self.sds_guidance_scale is not None and not self.sds_guidance_scale >= 0:
+            raise ValueError(f"BundleConfig.sds_guidance_scale must be None or >= 0, got {self.sds_guidance_scale}")
         if not 0 <= self.sampling_eta <= 1:
             raise ValueError(f"BundleConfig.sampling_eta must be in [0, 1], got {self.sampling_eta}")
         pixel = self.vae is None
@@ -188,6 +193,7 @@ class BundleConfig:
             sampling_eta=d.get("sampling_eta", 0.0),
             sampling_init_mean=d.get("sampling_init_mean", 0.0),
             training_objects=d.get("training_objects"),
+            sds_guidance_scale=d.get("sds_guidance_scale"),
         )
 
 

@@ -203,6 +203,10 @@ def test_guidance_scale_option_reaches_the_sds_loss(model):
     runs = {g: generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, guidance_scale=g) for g in (1.0, 10.0)}
     assert runs[1.0].config.sds.guidance_scale == 1.0 and runs[10.0].run["config"]["sds"]["guidance_scale"] == 10.0
     assert runs[1.0].run["losses"] != runs[10.0].run["losses"]  # the same seed: only the guidance differs
+    # A bundle's own SDS guidance is the default; the argument still wins over it.
+    tuned = MultiViewDiffusion(dataclasses.replace(model.config, sds_guidance_scale=1.0), seed=0)
+    assert generate(EXAMPLE, tuned, config=_config(1), progress=False).config.sds.guidance_scale == 1.0
+    assert generate(EXAMPLE, tuned, config=_config(1), progress=False, guidance_scale=10).config.sds.guidance_scale == 10
     for bad in (-1.0, float("nan"), "3", True):
         with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
             generate(EXAMPLE, model, config=_config(1), progress=False, guidance_scale=bad)
