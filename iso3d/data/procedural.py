@@ -121,11 +121,13 @@ class ObjectSampling:
     ``orientation="upright"``: primitives rest as on a table and turn about the vertical axis only,
     so one view fixes an object up to its azimuth, which is what the method assumes of its
     conditioning image (the released model was fine-tuned on gravity-aligned Objaverse objects).
-    ``"any"``: uniform 3D rotations (the default, and the data the shipped iso3d-tiny was trained on).
+    ``"any"``: uniform 3D rotations (the default; the shipped iso3d-tiny was trained on upright single
+    primitives at scale 1.5, see its ``config.json: training_objects``).
 
     ``scale`` multiplies every primitive's sizes and centre: at 1 a lone sphere's radius is 0.15–0.35,
-    so at 32² it spans 7–15 pixels; 1.4 gives a small model more pixels of each shape. Keep the
-    object inside the unit ball (the NeRF's box is [−1, 1]³): scales above 2 are refused.
+    so at 32² it spans 7–15 pixels; 1.5 (the shipped iso3d-tiny's) gives a small model more pixels of
+    each shape. Keep the object inside the unit ball (the NeRF's box is [−1, 1]³): scales above 2 are
+    refused.
     """
 
     max_primitives: int = 3

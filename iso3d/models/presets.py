@@ -24,8 +24,9 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32, scheduler: Schedul
     off the finest level on purpose: at 32² pixels, 5 frames make 5120 tokens per object there, and a
     training step (8 objects, 2 CPU cores) took 5.6 s (stage 1) / 8.3 s (stage 2) with it against
     1.8 s / 2.3 s without (measured 2026-11-25). ``scheduler``: the noise schedule (default: the
-    release's scaled-linear one, which the shipped iso3d-tiny uses; ``SchedulerConfig.ddpm()`` is tried
-    in its model card).
+    release's scaled-linear one with ε-prediction; the shipped iso3d-tiny rescales it to a zero terminal
+    SNR with v-prediction, ``iso3d train --prediction-type v_prediction --zero-terminal-snr``;
+    ``SchedulerConfig.ddpm()`` is tried in its model card).
     """
     unet = MultiViewUNetConfig(
         sample_size=image_size,
@@ -48,7 +49,8 @@ def tiny_bundle_config(image_size: int = 32, width: int = 32, scheduler: Schedul
     )
     # Pixel space on white: ancestral sampling from the data's signal at the first step samples far
     # cleaner than DDIM from N(0, 1), and CFG 3 beats the release's 10 for both stages (+1.4 / +2.1 dB;
-    # measured on iso3d-tiny, MODEL_CARD.md). The sampler's default only: SDS keeps SDSConfig's CFG.
+    # measured on the previous ε iso3d-tiny, MODEL_CARD.md; the shipped v model's config.json sets 1.5,
+    # measured there too). The sampler's default only: SDS uses BundleConfig.sds_guidance_scale, else SDSConfig's.
     return BundleConfig(unet=unet, image_encoder=encoder, vae=None, image_size=image_size,
                         scheduler=scheduler or SchedulerConfig(), sampling_eta=1.0, sampling_init_mean=1.0,
                         guidance_scale=3.0)

@@ -50,7 +50,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--width", type=int, default=32, help="iso3d-tiny base width (new models only)")
     p.add_argument("--noise-schedule", choices=["release", "ddpm"], default=None,
                    help="new models only (not with --init): the release's scaled-linear betas 0.00085-0.012 "
-                        "(default, as shipped) or DDPM's pixel-space linear betas 1e-4-0.02")
+                        "(default; the shipped model rescales it, --zero-terminal-snr) or DDPM's pixel-space linear betas 1e-4-0.02")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
                    help="new models only: what the UNet predicts (default epsilon, as the release)")
     p.add_argument("--zero-terminal-snr", action="store_true",
