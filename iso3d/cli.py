@@ -73,17 +73,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import MultiViewDataset, RenderSettings
     from .models.bundle import MultiViewDiffusion
     from .training.cli import object_sampling_from_args
-    from .training.evaluate import evaluate_retrieval, evaluate_views, sample_grid
+    from .training.evaluate import evaluate_embedding_probes, evaluate_retrieval, evaluate_views, sample_grid
 
     results, grid_names = {}, set()
     for bundle in args.bundles:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
-        data = MultiViewDataset(args.split, args.objects, settings=RenderSettings(image_size=model.config.image_size),
-                                object_sampling=object_sampling_from_args(args, model.config.training_objects),
-                                cache_dir=args.cache_dir)
+        settings = RenderSettings(image_size=model.config.image_size)
+        objects = object_sampling_from_args(args, model.config.training_objects)
+        data = MultiViewDataset(args.split, args.objects, settings=settings, object_sampling=objects, cache_dir=args.cache_dir)
         results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
                                             guidance_scale=args.guidance, with_reference=args.with_reference),
                            **evaluate_retrieval(model, data)}
+        if args.probe_objects:  # validation objects: neither trained on nor the held-out test objects
+            probe_data = MultiViewDataset("val", args.probe_objects, settings=settings, object_sampling=objects,
+                                          cache_dir=args.cache_dir)
+            results[bundle].update(evaluate_embedding_probes(model, probe_data))
         if args.grid:
             grid = Path(args.grid)
             name = Path(bundle).name if Path(bundle).name != "bundle" else Path(bundle).parent.name
@@ -166,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the VAE encode through torch.compile (latent models; a faster step after a compile "
                           "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
-                        help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU) and encoder retrieval on held-out objects")
+                        help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU), encoder retrieval and "
+                             "kind/colour probes on held-out objects")
     ev.add_argument("bundles", nargs="+", help="bundle folders to compare")
     ev.add_argument("--objects", type=int, default=32)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test",
@@ -181,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--with-reference", action="store_true",
                     help="diagnostic: also attend to the input view as the clean EMA reference frame at its true "
                          "pose (how stage 2 was trained; the method's inference uses the CLIP embedding only)")
+    ev.add_argument("--probe-objects", type=int, default=1024,
+                    help="also fit linear probes of the primitive's kind and colour on the encoder's embeddings "
+                         "of this many validation objects (3/4 fit, 1/4 test; 0: skip)")
     ev.add_argument("--device", default="auto")
     add_object_sampling_arguments(ev)
     e3 = sub.add_parser("eval", help="image to 3D on held-out procedural objects: Chamfer, volume IoU, novel-view "

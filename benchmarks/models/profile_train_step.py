@@ -26,6 +26,7 @@ from iso3d.utils.torchvision_compat import patch_torchvision_if_needed
 
 patch_torchvision_if_needed()  # before open_clip (the image encoder) imports torchvision
 
+from iso3d.data.dataset import stack_batch  # noqa: E402
 from iso3d.models.bundle import MultiViewDiffusion  # noqa: E402
 from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 from iso3d.training.trainer import TrainConfig, diffusion_loss  # noqa: E402
@@ -64,10 +65,7 @@ def synthetic_data(n_objects: int, size: int, gen: torch.Generator) -> dict[str,
 
 def batch_of(data: dict, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     """``MultiViewDataset.batch`` then the trainer's transfer, on the synthetic data."""
-    pose = data["poses"][idx]
-    batch = {"views": data["views"][idx].float() / 255, "elevation": pose[:, :4], "azimuth": pose[:, 4:8],
-             "reference": data["refs"][idx].float() / 255, "reference_elevation": pose[:, 8],
-             "reference_azimuth": pose[:, 9]}
+    batch = stack_batch(data["views"], data["refs"], data["poses"], idx)
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 

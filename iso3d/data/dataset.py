@@ -68,6 +68,19 @@ def _render_one(job: tuple[int, ViewSampling, RenderSettings, ObjectSampling]):
     return as_u8[:-1].numpy(), as_u8[-1].numpy(), pose
 
 
+def stack_batch(views: torch.Tensor, refs: torch.Tensor, poses: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``indices`` (``[B]``) of a data set's arrays as a training batch (:meth:`MultiViewDataset.batch`).
+
+    ``views`` uint8 ``[S, V, 4, H, W]``, ``refs`` uint8 ``[S, 4, H, W]``, ``poses`` ``[S, 2V + 2]`` (the V
+    elevations, the V azimuths, then the reference's elevation and azimuth, in degrees)."""
+    v = views.shape[1]
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    pose = poses[idx]
+    return {"views": views[idx].float() / 255, "elevation": pose[:, :v], "azimuth": pose[:, v:2 * v],
+            "reference": refs[idx].float() / 255, "reference_elevation": pose[:, 2 * v],
+            "reference_azimuth": pose[:, 2 * v + 1]}
+
+
 class MultiViewDataset(torch.utils.data.Dataset):
     """``MultiViewDataset("train", 512, cache_dir="data/")[i] -> MultiViewSample``.
 
@@ -147,12 +160,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         Keys: ``views`` ``[B, V, 4, H, W]``, ``elevation``/``azimuth`` ``[B, V]``, ``reference``
         ``[B, 4, H, W]``, ``reference_elevation``/``reference_azimuth`` ``[B]``.
         """
-        v = self.sampling.n_views
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        pose = self.poses[idx]
-        return {"views": self.views[idx].float() / 255, "elevation": pose[:, :v], "azimuth": pose[:, v:2 * v],
-                "reference": self.refs[idx].float() / 255, "reference_elevation": pose[:, 2 * v],
-                "reference_azimuth": pose[:, 2 * v + 1]}
+        return stack_batch(self.views, self.refs, self.poses, indices)
 
     def object(self, index: int):
         """The ground-truth object of sample ``index`` (SDF, albedo, SDF grid)."""

@@ -44,6 +44,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="objects per step")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--encoder-lr", type=float, default=1e-3)
+    p.add_argument("--encoder-colour-jitter", type=float, default=0.0,
+                   help="encoder stage: random colour change of this strength on each frame of a pair, so "
+                        "the embedding must learn shape, not only colour (0.3 for iso3d-tiny; 0: off)")
     p.add_argument("--train-size", type=int, default=512, help="procedural training objects")
     p.add_argument("--image-size", type=int, default=32)
     add_object_sampling_arguments(p)
@@ -80,6 +83,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds per stage: stop early, with a checkpoint, once this much has passed")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of each stage")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="the saved bundle's sampling CFG (MultiViewPipeline's default; kept by later stages)")
+    p.add_argument("--sampling-eta", type=float, default=None, help="the saved bundle's DDIM η (0 to 1)")
+    p.add_argument("--sds-guidance-scale", type=float, default=None,
+                   help="the saved bundle's SDS CFG, what iso3d generate uses with it")
     p.add_argument("--device", default="auto")
     p.add_argument("--attention-backend", choices=["auto", "triton", "torch"], default="auto",
                    help="joint attention: the Triton kernel (auto on CUDA) or its PyTorch twin")
@@ -108,6 +116,9 @@ def run_train(args: argparse.Namespace, device) -> int:
                                         zero_terminal_snr=args.zero_terminal_snr)
         model = MultiViewDiffusion(tiny_bundle_config(image_size=args.image_size, width=args.width, scheduler=scheduler),
                                    seed=args.seed, backend=args.attention_backend)
+    sampling = {"guidance_scale": args.guidance_scale, "sampling_eta": args.sampling_eta,
+                "sds_guidance_scale": args.sds_guidance_scale}
+    model.config = dataclasses.replace(model.config, **{k: v for k, v in sampling.items() if v is not None})
     data = DataConfig(train_size=args.train_size, image_size=model.config.image_size, seed=args.seed,
                       cache_dir=args.cache_dir, render_workers=args.render_workers,
                       object_sampling=object_sampling_from_args(args, model.config.training_objects))
@@ -116,7 +127,8 @@ def run_train(args: argparse.Namespace, device) -> int:
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
                        time_limit=args.time_limit, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                        reference_dropout=args.reference_dropout, warmup_steps=args.warmup_steps,
-                       lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit)
+                       lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit,
+                       encoder_colour_jitter=args.encoder_colour_jitter)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
         encoder = stage == "encoder"  # the encoder keeps a constant rate (its own --encoder-lr)

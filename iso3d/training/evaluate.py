@@ -6,6 +6,9 @@
   alpha).
 * Image-encoder retrieval: each object's reference is embedded; every target view is assigned to the
   nearest reference (cosine); accuracy = fraction assigned to their own object.
+* What the embedding holds: linear probes fitted on the reference embeddings of some objects and
+  tested on others, for the kind of the object's (first) primitive (accuracy) and its colour (R²).
+  Retrieval alone can be won on colour: these tell whether shape is in the embedding too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from iso3d.data import MultiViewDataset
 from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 
-__all__ = ["evaluate_retrieval", "evaluate_views", "psnr", "sample_grid", "silhouette_iou", "ssim"]
+__all__ = ["evaluate_embedding_probes", "evaluate_retrieval", "evaluate_views", "linear_probe_accuracy",
+           "linear_probe_r2", "psnr", "sample_grid", "silhouette_iou", "ssim"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, 3, H, W] in [0, 1] -> [N]
@@ -94,6 +98,78 @@ def evaluate_retrieval(model: MultiViewDiffusion, dataset: MultiViewDataset, *, 
     emb = F.normalize(model.image_encoder(views)[:, 0], dim=-1)
     guess = (emb @ refs.T).argmax(1)
     return {"objects": n, "retrieval_accuracy": (guess == owner).float().mean().item(), "chance": 1.0 / n}
+
+
+def _standardize(features: torch.Tensor, n_fit: int) -> torch.Tensor:
+    fit = features[:n_fit]
+    return (features - fit.mean(0)) / (fit.std(0) + 1e-6)
+
+
+def _check_probe_inputs(features: torch.Tensor, targets: torch.Tensor, n_fit: int) -> None:
+    if features.ndim != 2 or targets.shape[0] != features.shape[0]:
+        raise ValueError(f"features must be [N, D] and targets [N, ...], got {tuple(features.shape)} and {tuple(targets.shape)}")
+    if not 2 <= n_fit < features.shape[0]:
+        raise ValueError(f"n_fit must leave objects to test on: 2 <= n_fit < {features.shape[0]}, got {n_fit}")
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, n_fit: int, *, l2: float = 1e-3) -> float:
+    """Accuracy on rows ``n_fit:`` of a softmax regression fitted on rows ``:n_fit``.
+
+    ``features`` ``[N, D]`` are standardized with the fit rows' statistics; ``labels`` ``[N]`` are class
+    indices; the fit minimizes cross-entropy + ``l2``·‖W‖² with L-BFGS (deterministic)."""
+    _check_probe_inputs(features, labels, n_fit)
+    x = _standardize(features.float(), n_fit)
+    classes = int(labels.max()) + 1
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optim = torch.optim.LBFGS([weight, bias], max_iter=500)
+
+    def closure():
+        optim.zero_grad()
+        loss = F.cross_entropy(x[:n_fit] @ weight + bias, labels[:n_fit]) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optim.step(closure)
+    with torch.no_grad():
+        return ((x[n_fit:] @ weight + bias).argmax(1) == labels[n_fit:]).float().mean().item()
+
+
+def linear_probe_r2(features: torch.Tensor, targets: torch.Tensor, n_fit: int) -> float:
+    """R² on rows ``n_fit:`` of a least-squares affine fit ``[N, D] -> [N, K]`` on rows ``:n_fit``
+    (1 − residual / total sum of squares, summed over the K outputs)."""
+    _check_probe_inputs(features, targets, n_fit)
+    x = torch.cat([_standardize(features.double(), n_fit), torch.ones(features.shape[0], 1, dtype=torch.double)], 1)
+    y = targets.double().reshape(targets.shape[0], -1)
+    solution = torch.linalg.lstsq(x[:n_fit], y[:n_fit]).solution
+    residual = (x[n_fit:] @ solution - y[n_fit:]).square().sum()
+    total = (y[n_fit:] - y[n_fit:].mean(0)).square().sum()
+    return (1 - residual / total).item()
+
+
+@torch.no_grad()
+def evaluate_embedding_probes(model: MultiViewDiffusion, dataset: MultiViewDataset, *, fit_fraction: float = 0.75,
+                              batch_size: int = 256) -> dict:
+    """Linear probes of the reference embeddings of ``dataset``'s objects: the first ``fit_fraction``
+    of them fit, the rest test. Keys: ``probe_objects``, ``kind_probe_accuracy`` (which primitive kind;
+    for a union of primitives, the first one's), ``kind_majority`` (the test objects' most common
+    kind's share: what a constant guess scores) and ``colour_probe_r2`` (that primitive's RGB albedo)."""
+    n = len(dataset)
+    n_fit = int(round(fit_fraction * n))
+    if not 2 <= n_fit < n:
+        raise ValueError(f"fit_fraction {fit_fraction} of {n} objects leaves none to fit or none to test")
+    primitives = [dataset.object(i).primitives[0] for i in range(n)]
+    names = sorted({p.kind for p in primitives})
+    kinds = torch.tensor([names.index(p.kind) for p in primitives])
+    colours = torch.stack([p.color for p in primitives])
+    device = next(model.image_encoder.parameters()).device
+    emb = torch.cat([model.image_encoder(dataset.batch(torch.arange(i, min(i + batch_size, n)))["reference"].to(device))[:, 0].cpu()
+                     for i in range(0, n, batch_size)])
+    return {"probe_objects": n,
+            "kind_probe_accuracy": linear_probe_accuracy(emb, kinds, n_fit),
+            "kind_majority": kinds[n_fit:].bincount().max().item() / (n - n_fit),
+            "colour_probe_r2": linear_probe_r2(emb, colours, n_fit)}
 
 
 @torch.no_grad()

@@ -86,6 +86,12 @@ class TrainConfig:
     # finds the timesteps' gradients conflict; the noisy steps are where the coarse shape is decided).
     # None: the plain ε-MSE (the release's objective).
     snr_gamma: float | None = None
+    # Encoder stage: colour jitter of strength s on each frame of a contrastive pair, independently
+    # (per-channel gains N(1, s²), a brightness shift N(0, (s/2)²), on the object's pixels, clamped to
+    # [0, 1]). Without it random colours alone tell the objects of a batch apart and the embedding
+    # learns little shape (a linear probe of the primitive's kind: 54 % with s = 0, 75 % with s = 0.3
+    # at batch 256; model card). 0: off.
+    encoder_colour_jitter: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -106,6 +112,8 @@ class TrainConfig:
                              f"got {self.warmup_steps} and {self.lr_schedule!r}")
         if self.snr_gamma is not None and not (isinstance(self.snr_gamma, (int, float)) and self.snr_gamma > 0):
             raise ValueError(f"TrainConfig.snr_gamma must be a positive number or None, got {self.snr_gamma!r}")
+        if not 0 <= self.encoder_colour_jitter <= 1:
+            raise ValueError(f"TrainConfig.encoder_colour_jitter must be in [0, 1], got {self.encoder_colour_jitter}")
         if self.cosine_to_time_limit and (self.lr_schedule != "cosine" or self.time_limit is None):
             raise ValueError("TrainConfig.cosine_to_time_limit needs lr_schedule='cosine' and a time_limit, "
                              f"got {self.lr_schedule!r} and {self.time_limit}")
@@ -217,14 +225,30 @@ def diffusion_loss(model: MultiViewDiffusion, batch: dict, cfg: TrainConfig, gen
     return (weight * (pred.float() - target).square()).mean()
 
 
-def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """open_clip's ClipLoss with two random frames (of the 4 views + reference) of each object as a pair."""
+def colour_jitter(frames: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Each RGBA frame ``[..., 4, H, W]`` (values in [0, 1]) with its own random colour change.
+
+    RGB becomes ``clamp(rgb · g + c, 0, 1)`` with per-frame, per-channel gains ``g ~ N(1, strength²)``
+    and a per-frame shift ``c ~ N(0, (strength/2)²)``; alpha is kept, so the object's shape is untouched
+    and pixels outside it (alpha 0) stay background when composited."""
+    lead = frames.shape[:-3]
+    gain = 1 + strength * torch.randn(*lead, 3, 1, 1, generator=gen).to(frames)
+    shift = 0.5 * strength * torch.randn(*lead, 1, 1, 1, generator=gen).to(frames)
+    return torch.cat([(frames[..., :3, :, :] * gain + shift).clamp(0, 1), frames[..., 3:, :, :]], dim=-3)
+
+
+def contrastive_loss(model: MultiViewDiffusion, batch: dict, logit_scale: torch.Tensor, gen: torch.Generator,
+                     colour_jitter_strength: float = 0.0) -> torch.Tensor:
+    """open_clip's ClipLoss with two random frames (of the 4 views + reference) of each object as a pair,
+    each frame colour-jittered on its own when ``colour_jitter_strength > 0`` (:func:`colour_jitter`)."""
     from open_clip.loss import ClipLoss
 
     frames = torch.cat([batch["views"], batch["reference"][:, None]], dim=1)  # [B, V+1, 4, H, W]
     b, f = frames.shape[:2]
     first = torch.randint(0, f, (b,), generator=gen)
     second = (first + torch.randint(1, f, (b,), generator=gen)) % f
+    if colour_jitter_strength > 0:
+        frames = colour_jitter(frames, colour_jitter_strength, gen)
     enc = model.image_encoder
     def embed(x):
         return F.normalize(enc.visual(preprocess_images(x, enc.config.load_size, enc.config.image_size)), dim=-1)
@@ -307,7 +331,7 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
         indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
         batch = _batch(dataset, indices, device)
         with autocast:
-            loss = (contrastive_loss(model, batch, logit_scale, gen) if cfg.stage == "encoder"
+            loss = (contrastive_loss(model, batch, logit_scale, gen, cfg.encoder_colour_jitter) if cfg.stage == "encoder"
                     else diffusion_loss(model, batch, cfg, gen))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")

@@ -72,6 +72,44 @@ def test_encoder_stage_learns_to_match_views(dataset, tmp_path):
     assert not any(p.requires_grad for p in model.image_encoder.parameters()), "the encoder is frozen again"
 
 
+def test_colour_jitter_changes_each_frames_colour_but_not_its_shape():
+    from iso3d.training.trainer import colour_jitter
+
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(1, 3, 9, 7, generator=gen)
+    alpha = (torch.rand(1, 1, 9, 7, generator=gen) > 0.5).float()
+    frames = torch.cat([rgb, alpha], 1).expand(2, 5, 4, 9, 7)  # [B, F, 4, H, W]: ten copies of one frame
+    out = colour_jitter(frames, 0.3, torch.Generator().manual_seed(1))
+    assert out.shape == frames.shape
+    assert torch.equal(out[:, :, 3], frames[:, :, 3]), "alpha (the silhouette) is kept"
+    assert out.min() >= 0 and out.max() <= 1
+    flat = out[:, :, :3].flatten(0, 1)  # [10, 3, H, W]
+    assert all(not torch.allclose(flat[0], flat[i]) for i in range(1, 10)), "each frame gets its own colour"
+    # Per frame and channel the change is an affine map of the input (before clamping): check where unclamped.
+    f, c = 3, 1
+    x, y = rgb[0, c].flatten(), flat[f, c].flatten()
+    inside = (y > 0) & (y < 1)
+    slope = (y[inside][1:] - y[inside][0]) / (x[inside][1:] - x[inside][0])
+    assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-4)
+    assert torch.equal(colour_jitter(frames, 0.0, torch.Generator().manual_seed(1)), frames), "strength 0 is the identity"
+
+
+def test_contrastive_loss_with_colour_jitter(dataset):
+    from iso3d.training.trainer import contrastive_loss
+
+    model = _model()
+    batch = _batch(dataset, torch.arange(4), "cpu")
+    scale = torch.tensor(2.6593)
+
+    def loss(**kw):
+        with torch.no_grad():
+            return contrastive_loss(model, batch, scale, torch.Generator().manual_seed(0), **kw).item()
+
+    assert loss() == loss(colour_jitter_strength=0.0), "off by default: the same pairs and loss"
+    assert loss(colour_jitter_strength=0.3) != loss()
+    assert math.isfinite(loss(colour_jitter_strength=1.0))
+
+
 def test_resume_continues_exactly(dataset, tmp_path):
     cfg = TrainConfig(stage="stage2", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2, data=DataConfig(cache_dir=None))
     straight = _model()
@@ -277,6 +315,8 @@ def test_bad_config():
         TrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="snr_gamma"):
         TrainConfig(snr_gamma=0)
+    with pytest.raises(ValueError, match="encoder_colour_jitter"):
+        TrainConfig(encoder_colour_jitter=-0.1)
 
 
 def test_train_all_command_writes_reloadable_bundles(tmp_path):
@@ -286,13 +326,15 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     cmd = [sys.executable, "-m", "iso3d", "train", "all", "--out", str(tmp_path / "run"), "--steps", "2",
            "--encoder-steps", "2", "--train-size", "4", "--image-size", str(IMAGE), "--width", "16",
            "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--orientation", "upright",
-           "--max-primitives", "2", "--object-scale", "1.25", "--noise-schedule", "ddpm", "--prediction-type", "v_prediction", "--zero-terminal-snr"]
+           "--max-primitives", "2", "--object-scale", "1.25", "--noise-schedule", "ddpm", "--prediction-type", "v_prediction", "--zero-terminal-snr",
+           "--encoder-colour-jitter", "0.25", "--guidance-scale", "1.5", "--sampling-eta", "1", "--sds-guidance-scale", "5"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     objects = ObjectSampling(max_primitives=2, orientation="upright", scale=1.25)
     for stage in ("encoder", "stage1", "stage2"):
         saved = json.loads((tmp_path / "run" / stage / "result.json").read_text())
         assert saved["config"]["data"]["object_sampling"] == dataclasses.asdict(objects)
+        assert saved["config"]["encoder_colour_jitter"] == 0.25
     expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE), object_sampling=objects,
                                 progress=False)
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
@@ -301,6 +343,7 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     assert model.config.training_objects == dataclasses.asdict(objects)  # what eval-model and eval draw held-out objects from
     expected = dataclasses.replace(SchedulerConfig.ddpm(), prediction_type="v_prediction", zero_terminal_snr=True)
     assert model.config.scheduler == expected  # chosen for the new model, kept by stages 1 and 2
+    assert (model.config.guidance_scale, model.config.sampling_eta, model.config.sds_guidance_scale) == (1.5, 1.0, 5.0)
 
 
 def test_noise_schedule_option_is_for_new_models_only(tmp_path):
