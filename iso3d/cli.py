@@ -75,6 +75,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .training.cli import object_sampling_from_args
     from .training.evaluate import evaluate_embedding_probes, evaluate_retrieval, evaluate_views, sample_grid
 
+    if args.probe_objects != 0 and args.probe_objects < 4:  # a quarter of them is tested: at least one
+        raise ValueError(f"--probe-objects must be 0 (skip the probes) or at least 4, got {args.probe_objects}")
     results, grid_names = {}, set()
     for bundle in args.bundles:
         model = MultiViewDiffusion.from_pretrained(bundle).to(_resolve_device(args.device))
@@ -84,7 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         results[bundle] = {**evaluate_views(model, data, num_inference_steps=args.steps, seed=args.seed,
                                             guidance_scale=args.guidance, with_reference=args.with_reference),
                            **evaluate_retrieval(model, data)}
-        if args.probe_objects:  # validation objects: neither trained on nor the held-out test objects
+        if args.probe_objects:  # validation objects: not the held-out test objects
             probe_data = MultiViewDataset("val", args.probe_objects, settings=settings, object_sampling=objects,
                                           cache_dir=args.cache_dir)
             results[bundle].update(evaluate_embedding_probes(model, probe_data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -101,6 +102,12 @@ def run_train(args: argparse.Namespace, device) -> int:
 
     from .trainer import DataConfig, TrainConfig, train
 
+    for flag, value, low, high in (("--guidance-scale", args.guidance_scale, 0, math.inf),
+                                   ("--sampling-eta", args.sampling_eta, 0, 1),
+                                   ("--sds-guidance-scale", args.sds_guidance_scale, 0, math.inf),
+                                   ("--encoder-colour-jitter", args.encoder_colour_jitter, 0, 1)):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
     out = Path(args.out)
     schedule_options = {"--noise-schedule": args.noise_schedule is not None,
                         "--prediction-type": args.prediction_type is not None,

@@ -145,6 +145,8 @@ def linear_probe_r2(features: torch.Tensor, targets: torch.Tensor, n_fit: int) -
     solution = torch.linalg.lstsq(x[:n_fit], y[:n_fit]).solution
     residual = (x[n_fit:] @ solution - y[n_fit:]).square().sum()
     total = (y[n_fit:] - y[n_fit:].mean(0)).square().sum()
+    if total == 0:
+        raise ValueError("targets are constant on the test rows: R² is undefined")
     return (1 - residual / total).item()
 
 
@@ -153,8 +155,8 @@ def evaluate_embedding_probes(model: MultiViewDiffusion, dataset: MultiViewDatas
                               batch_size: int = 256) -> dict:
     """Linear probes of the reference embeddings of ``dataset``'s objects: the first ``fit_fraction``
     of them fit, the rest test. Keys: ``probe_objects``, ``kind_probe_accuracy`` (which primitive kind;
-    for a union of primitives, the first one's), ``kind_majority`` (the test objects' most common
-    kind's share: what a constant guess scores) and ``colour_probe_r2`` (that primitive's RGB albedo)."""
+    for a union of primitives, the first one's), ``kind_majority`` (what always guessing the fit objects'
+    most common kind scores on the test objects) and ``colour_probe_r2`` (that primitive's RGB albedo)."""
     n = len(dataset)
     n_fit = int(round(fit_fraction * n))
     if not 2 <= n_fit < n:
@@ -168,7 +170,7 @@ def evaluate_embedding_probes(model: MultiViewDiffusion, dataset: MultiViewDatas
                      for i in range(0, n, batch_size)])
     return {"probe_objects": n,
             "kind_probe_accuracy": linear_probe_accuracy(emb, kinds, n_fit),
-            "kind_majority": kinds[n_fit:].bincount().max().item() / (n - n_fit),
+            "kind_majority": (kinds[n_fit:] == kinds[:n_fit].bincount().argmax()).float().mean().item(),
             "colour_probe_r2": linear_probe_r2(emb, colours, n_fit)}
 
 

@@ -105,9 +105,27 @@ def test_contrastive_loss_with_colour_jitter(dataset):
         with torch.no_grad():
             return contrastive_loss(model, batch, scale, torch.Generator().manual_seed(0), **kw).item()
 
-    assert loss() == loss(colour_jitter_strength=0.0), "off by default: the same pairs and loss"
     assert loss(colour_jitter_strength=0.3) != loss()
     assert math.isfinite(loss(colour_jitter_strength=1.0))
+
+
+def test_encoder_stage_trains_on_jittered_pairs_when_asked(dataset, tmp_path):
+    def first_loss(jitter):
+        cfg = TrainConfig(stage="encoder", steps=1, batch_size=4, lr=1e-3, checkpoint_every=1000,
+                          encoder_colour_jitter=jitter, data=DataConfig(cache_dir=None))
+        return train(_model(), cfg, tmp_path / str(jitter), dataset=dataset, progress=False)["loss"]
+
+    assert first_loss(0.0) == first_loss(0.0)  # deterministic, so the difference below is the jitter's
+    assert first_loss(0.5) != first_loss(0.0)
+
+
+def test_train_command_checks_sampling_flags():
+    from iso3d.cli import main
+
+    for flag, value in (("--sampling-eta", "1.5"), ("--guidance-scale", "-1"), ("--sds-guidance-scale", "-2"),
+                        ("--encoder-colour-jitter", "2")):
+        with pytest.raises(ValueError, match=flag):
+            main(["train", "stage1", "--out", "unused", flag, value])
 
 
 def test_resume_continues_exactly(dataset, tmp_path):
