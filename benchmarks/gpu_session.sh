@@ -25,8 +25,9 @@
 # loss): a retrain with v-prediction on a zero-terminal-SNR schedule, with reference dropout as set:
 #   TRAIN=1 PREDICTION=v_prediction TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 # The shipped iso3d-tiny (model card, 2026-11-27) is that schedule on single upright primitives at 1.5x,
-# trained on the 2-core CPU; a GPU retrain of it, or a step towards composites (MAX_PRIMITIVES=2..3):
-#   TRAIN=1 PREDICTION=v_prediction MAX_PRIMITIVES=1 ORIENTATION=upright OBJECT_SCALE=1.5 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
+# with a colour-jittered encoder, trained on the 2-core CPU; a GPU retrain of it, or a step towards
+# composites (MAX_PRIMITIVES=2..3):
+#   TRAIN=1 PREDICTION=v_prediction MAX_PRIMITIVES=1 ORIENTATION=upright OBJECT_SCALE=1.5 ENC_JITTER=0.3 TESTS="" BENCHES="" bash benchmarks/gpu_session.sh
 # Next for the 15-minute goal (RESULTS.md): the VAE encode eagerly vs through torch.compile (new phase
 # vae_encode_compiled; the first call compiles), beside the step it is part of, at both stages:
 #   TRAIN=0 TESTS="" BENCHES=sds SDS_LIMIT=300 SDS_K="phases and not render and not unet" bash benchmarks/gpu_session.sh
@@ -131,6 +132,8 @@ S1_BUNDLE=${S1_BUNDLE:-}
 # ORIENTATION, MAX_PRIMITIVES, OBJECT_SCALE: the procedural objects (iso3d.data.ObjectSampling): poses
 # upright or any, 1..N primitives each, sizes and centres times the scale.
 ORIENTATION=${ORIENTATION:-any} MAX_PRIMITIVES=${MAX_PRIMITIVES:-3} OBJECT_SCALE=${OBJECT_SCALE:-1.0}
+# ENC_JITTER: the encoder's contrastive pairs colour-jittered at this strength (0.3 shipped; 0: off).
+ENC_JITTER=${ENC_JITTER:-0}
 # SNR_GAMMA: Min-SNR-γ loss weighting of the diffusion stages (e.g. 5; empty: the plain ε-MSE).
 SNR_GAMMA=${SNR_GAMMA:-}
 # WIDTH: iso3d-tiny's base width for a new model (UNet widths (w, 2w, 2w), embedding 2w; 32 is shipped).
@@ -145,7 +148,7 @@ s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosin
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
   if [ -z "$S1_BUNDLE" ]; then
-    timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --time-limit $ENC_LIMIT --width $WIDTH $schedule $common || exit 1
+    timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --encoder-colour-jitter $ENC_JITTER --time-limit $ENC_LIMIT --width $WIDTH $schedule $common || exit 1
     timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
       --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
     S1_BUNDLE=$R/stage1/bundle
