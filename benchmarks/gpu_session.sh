@@ -46,13 +46,21 @@
 #     PROFILE="256" PROFILE_STATES=blob NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 # (measured: RESULTS.md, ninth session: the default step 1.26x faster at 256^2, the full-run estimate
 # 21.7 -> 17.9-18.2 min; the fused op's first version 2.9x slower, since rewritten without spills.)
-# Next: the rewritten fused op (unmeasured) against the default, with the head kernels autotuned, its
+# Next (done in the thirteenth session, below: the fused op is now the default): the rewritten fused op against the default, with the head kernels autotuned, its
 # kernels' tests natively, the kernel-level comparison at 2^22 points and a profile of the fused step
 # (about 6 minutes of run):
 #   TRAIN=0 TESTS="tests/kernels/test_density_gradient.py tests/kernels/test_mlp_head.py" \
 #     BENCHES="density_head density_gradient" GRADIENT_K=22 PROFILE=256 PROFILE_STATES=blob PROFILE_HEAD=fused \
 #     NERFACC_BUILD=runs/device/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <the call's bench_density_head.json>
+# Thirteenth session (measured: RESULTS.md and the model card): a GPU retrain of the shipped recipe, the
+# data cache rendered on the development machine and carried (.whl + data/cache/procedural-train-16384-
+# ebc906692e.npz: 56 MB of the 64 MiB carry), with the fused op's tests beside it (9.2 min of run):
+#   TRAIN=1 PREDICTION=v_prediction MAX_PRIMITIVES=1 ORIENTATION=upright OBJECT_SCALE=1.5 ENC_JITTER=0.3 \
+#     ENC_STEPS=600 ENC_LIMIT=50 S1_LIMIT=290 S2_LIMIT=140 S2_PLAIN=0 BENCHES="" \
+#     TESTS="tests/kernels/test_density_gradient.py tests/kernels/test_mlp_head.py" bash benchmarks/gpu_session.sh
+# (stage 1 reached its 2000 steps in 287 s: S1_STEPS can go up), then on the same warm machine (1.8 min):
+#   TRAIN=0 TESTS="" BENCHES=density_head HEAD_K="not torch" bash benchmarks/gpu_session.sh
 # For #5 (model card: 6000 visits made one object's shape; every run so far gave ~20 per object), first
 # where iso3d-tiny's training step goes (~5 steps/s at batch 256 looked host-bound), in the same call:
 #   ... TRAIN_PROFILE=1 ...   (about 40 s; then a long, resumable training run is the next step)
@@ -93,8 +101,12 @@ NERFACC_BUILD=${NERFACC_BUILD:-}
 # what looks older than its sources. (Tried in the ninth session: it still rebuilt, ~70 s; why is open.)
 [ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
   && find "$EXT_DIR/nerfacc_cuda" -type f -exec touch {} + && say "unpacked $NERFACC_BUILD"
-(timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &
-NERFACC=$!
+# NERFACC=0: skip the build (nothing in this call renders through nerfacc; saves ~90 s of 8 cores).
+NERFACC=${NERFACC:-1}
+if [ "$NERFACC" = 1 ]; then
+  (timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &
+  NERFACC_PID=$!
+fi
 # The tiny model trains with the PyTorch attention twin (head dim 16: nothing to gain from the
 # kernel, and no compile on the clock); the self-test runs beside the kernel tests.
 ATTN=${ATTN:-torch}
@@ -105,7 +117,7 @@ SELFTEST=$!
 # -x: pytest prints failures only at the end, which a timeout would cut off; stop at the first one.
 TESTS_PID=
 [ -n "$TESTS" ] && (
-  for _ in $(seq 90); do grep -q "nerfacc _C" "$LOGS/nerfacc_build.log" 2>/dev/null && break; sleep 2; done  # the renderer tests need it
+  [ "$NERFACC" = 1 ] && for _ in $(seq 90); do grep -q "nerfacc _C" "$LOGS/nerfacc_build.log" 2>/dev/null && break; sleep 2; done  # the renderer tests need it
   DEADLINE=$(( $(date +%s) + TEST_LIMIT ))
   for t in $TESTS; do  # one run per path, so a failure in one does not hide the others
     LEFT=$(( DEADLINE - $(date +%s) )); [ $LEFT -le 5 ] && { echo "$t: not run (time)" >> "$LOGS/tests.log"; continue; }
@@ -143,20 +155,29 @@ WIDTH=${WIDTH:-32}
 PREDICTION=${PREDICTION:-epsilon}
 ZTSNR=${ZTSNR:-$([ "$PREDICTION" = v_prediction ] && echo 1 || echo 0)}
 schedule="--prediction-type $PREDICTION $([ "$ZTSNR" = 1 ] && echo --zero-terminal-snr)"
+# SAMPLING: the saved bundles' sampling defaults (train --guidance-scale ...), as the shipped config.json.
+SAMPLING=${SAMPLING:---guidance-scale 1.5 --sampling-eta 1 --sds-guidance-scale 5}
+# S2_PLAIN=0: leave out plain stage 2 (no reference dropout), so the dropout run and the control
+# share the GPU two ways, not three.
+S2_PLAIN=${S2_PLAIN:-1}
 common="--batch-size $BATCH --train-size $TRAIN_SIZE --cache-dir data/cache --checkpoint-every 1000000 --seed 0 --render-workers 16 --attention-backend $ATTN --mixed-precision $MP --orientation $ORIENTATION --max-primitives $MAX_PRIMITIVES --object-scale $OBJECT_SCALE ${SNR_GAMMA:+--snr-gamma $SNR_GAMMA}"
-s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $common"
+s2="--steps $S2_STEPS --lr $S2_LR --warmup-steps 50 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S2_LIMIT $SAMPLING $common"
 [ "$TRAIN" = 1 ] && (
   export ISO3D_TRITON_AUTOTUNE=0  # a tiny model: the default tile is fine and compiles once
+  # Render a missing data cache first, outside the stages' timeouts (16384 objects: about a minute on
+  # 16 cores), and once, not in each of the stage-2 runs that start side by side.
+  timeout 600 python3 -c "from iso3d.data import MultiViewDataset, ObjectSampling
+MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientation='$ORIENTATION', max_primitives=$MAX_PRIMITIVES, scale=$OBJECT_SCALE), cache_dir='data/cache', workers=16, progress=False)" || exit 3
+  echo "[$(( $(date +%s) - T0 ))s] data rendered" >> "$LOGS/summary.txt"
   if [ -z "$S1_BUNDLE" ]; then
     timeout $((ENC_LIMIT + 40)) python3 -m iso3d train encoder --out $R --encoder-steps $ENC_STEPS --encoder-lr 1e-3 --encoder-colour-jitter $ENC_JITTER --time-limit $ENC_LIMIT --width $WIDTH $schedule $common || exit 1
     timeout $((S1_LIMIT + 40)) python3 -m iso3d train stage1 --out $R --init $R/encoder/bundle --steps $S1_STEPS --lr $S1_LR \
-      --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $common || exit 2
+      --warmup-steps 100 --lr-schedule cosine --cosine-to-time-limit --ema-decay $EMA --time-limit $S1_LIMIT $SAMPLING $common || exit 2
     S1_BUNDLE=$R/stage1/bundle
-  else  # the runs below start side by side: render a missing data cache once, here, not three times there
-    timeout 600 python3 -c "from iso3d.data import MultiViewDataset, ObjectSampling
-MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientation='$ORIENTATION', max_primitives=$MAX_PRIMITIVES, scale=$OBJECT_SCALE), cache_dir='data/cache', workers=16)" || exit 3
+    tar czf "$OUT/stage1.tgz" -C $R/stage1 bundle  # now: a call cut off in stage 2 still returns it
+    echo "[$(( $(date +%s) - T0 ))s] stage 1 done" >> "$LOGS/summary.txt"
   fi
-  timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
+  [ "$S2_PLAIN" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $R --init $S1_BUNDLE $s2 > "$LOGS/train_stage2.log" 2>&1 &
   [ "$REFDROP" = 1 ] && timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage2 --out $D --init $S1_BUNDLE --reference-dropout $REF_DROP $s2 > "$LOGS/train_refdrop.log" 2>&1 &
   timeout $((S2_LIMIT + 40)) python3 -m iso3d train stage1 --out $C --init $S1_BUNDLE $s2 > "$LOGS/train_control.log" 2>&1 &
   wait
@@ -186,9 +207,11 @@ bench() {  # name timeout pytest-args...
 wait $SELFTEST; say "selftest: $(tail -4 "$LOGS/selftest.log" | tr '\n' ' ')"
 # The VAE-encode benchmark needs no nerfacc: it runs while nerfacc compiles (CPU), before the rest.
 case " $BENCHES " in *" vae "*) bench vae "${VAE_LIMIT:-140}" benchmarks/models/bench_vae_encode.py ;; esac
-wait $NERFACC; say "nerfacc: $(tail -1 "$LOGS/nerfacc_build.log")"
+[ "$NERFACC" = 1 ] && { wait $NERFACC_PID; say "nerfacc: $(tail -1 "$LOGS/nerfacc_build.log")"; }
 # Keep nerfacc's build (~90 s of a lease) for a later call to carry: see NERFACC_BUILD above.
-if [ -f "$EXT_DIR/nerfacc_cuda/nerfacc_cuda.so" ]; then
+if [ "$NERFACC" = 0 ]; then
+  :
+elif [ -f "$EXT_DIR/nerfacc_cuda/nerfacc_cuda.so" ]; then
   [ -f "$OUT/nerfacc_build.tgz" ] || tar czf "$OUT/nerfacc_build.tgz" -C "$EXT_DIR" nerfacc_cuda
 else
   say "no nerfacc build found in $EXT_DIR (not kept)"

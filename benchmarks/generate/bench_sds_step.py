@@ -104,8 +104,8 @@ def _setup(model, cfg, bench_device, provider, normal_type=None, field_state="bl
 
     ``normal_type`` (a ``FieldConfig.normal_type``) also turns normals on; None: the provider's.
     ``prune``: α/T pruning on or off; None: the provider's. ``density_head``: how analytic normals run,
-    ``"fused"`` (one op: ``FieldConfig.analytic_normals_impl="fused"``) or the separate ops (the default)
-    with the density head on ``"triton"`` or ``"torch"``; None: the config's (separate, density head on auto)."""
+    ``"fused"`` (one op: ``FieldConfig.analytic_normals_impl="fused"``, the default) or the separate ops
+    with the density head on ``"triton"`` or ``"torch"``; None: the config's (fused)."""
     backend_attn, backend_grid, sampler, provider_prune = PROVIDERS[provider]
     prune = provider_prune if prune is None else prune
     build_grid = sampler == "nerfacc" if build_grid is None else build_grid

@@ -41,10 +41,10 @@ class FieldConfig:
     # How analytic normals are computed (any hash-grid backend but tcnn): "separate", the grid's Jacobian
     # op, the density head op (iso3d.kernels.mlp_head, on density_head_backend: auto | triton | torch)
     # and a PyTorch contraction; or "fused", the grid, the density MLP and ∂raw/∂x in one op
-    # (iso3d.kernels.density_gradient, on the hash grid's backend). The fused op's first version made
-    # the ninth session's H100 step 2.1–2.9× slower at 256² (RESULTS.md); its rewrite is not yet timed,
-    # hence not the default.
-    analytic_normals_impl: Literal["fused", "separate"] = "separate"
+    # (iso3d.kernels.density_gradient, on the hash grid's backend). The default: its rewrite made the
+    # thirteenth session's H100 SDS step 1.26× faster on the blob and 1.10× on the surface at 256²
+    # than "separate" with the Triton head, and 1.01–1.04× at 64² (RESULTS.md).
+    analytic_normals_impl: Literal["fused", "separate"] = "fused"
     density_head_backend: str = "auto"
 
     def __post_init__(self):
