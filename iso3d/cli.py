@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "analytic (the release's: from the hash grid's Jacobian, no extra density "
                           "evaluations), or none (albedo only); default: the config's (analytic on GPU, off on CPU)")
     gen.add_argument("--guidance", type=float, default=None,
-                     help="SDS classifier-free guidance scale (default: the bundle's sds_guidance_scale, iso3d-tiny's 5; "
+                     help="SDS classifier-free guidance scale (default: the bundle's sds_guidance_scale, iso3d-tiny's 10; "
                           "else the config's, the release's 10)")
     gen.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                      help="on a GPU, replay the UNet's forward from a CUDA graph (default: the config's, on; --no-cuda-graph: eager)")

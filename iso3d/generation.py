@@ -219,7 +219,7 @@ def generate(
     grid's Jacobian, no extra density evaluations) or ``"off"`` (albedo shading, no orientation loss).
     ``cuda_graph`` overrides ``config.cuda_graph`` (on a GPU, the UNet's forward replayed from a CUDA
     graph; ignored on the CPU). ``guidance_scale`` sets the SDS classifier-free guidance; None: the
-    bundle's ``config.sds_guidance_scale`` when it has one (iso3d-tiny: 5, see its model card), else
+    bundle's ``config.sds_guidance_scale`` when it has one (iso3d-tiny: 10, see its model card), else
     ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     """
