@@ -61,8 +61,8 @@
 #     TESTS="tests/kernels/test_density_gradient.py tests/kernels/test_mlp_head.py" bash benchmarks/gpu_session.sh
 # (stage 1 reached its 2000 steps in 287 s: S1_STEPS can go up), then on the same warm machine (1.8 min):
 #   TRAIN=0 TESTS="" BENCHES=density_head HEAD_K="not torch" bash benchmarks/gpu_session.sh
-# For #5 (model card: 6000 visits made one object's shape; every run so far gave ~20 per object), first
-# where iso3d-tiny's training step goes (~5 steps/s at batch 256 looked host-bound), in the same call:
+# For #5 (model card: 6000 visits made one object's shape; runs before the thirteenth session gave ~20 per
+# object, its H100 run ~39), where iso3d-tiny's training step goes (5-7 steps/s at batch 256), in the same call:
 #   ... TRAIN_PROFILE=1 ...   (about 40 s; then a long, resumable training run is the next step)
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
