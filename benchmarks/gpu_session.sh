@@ -155,8 +155,9 @@ WIDTH=${WIDTH:-32}
 PREDICTION=${PREDICTION:-epsilon}
 ZTSNR=${ZTSNR:-$([ "$PREDICTION" = v_prediction ] && echo 1 || echo 0)}
 schedule="--prediction-type $PREDICTION $([ "$ZTSNR" = 1 ] && echo --zero-terminal-snr)"
-# SAMPLING: the saved bundles' sampling defaults (train --guidance-scale ...), as the shipped config.json.
-SAMPLING=${SAMPLING:---guidance-scale 1.5 --sampling-eta 1 --sds-guidance-scale 5}
+# SAMPLING: the saved bundles' sampling defaults (train --guidance-scale ...), as the shipped config.json
+# (the thirteenth session's run wrote SDS guidance 5; its SDS sweep then set 10).
+SAMPLING=${SAMPLING:---guidance-scale 1.5 --sampling-eta 1 --sds-guidance-scale 10}
 # S2_PLAIN=0: leave out plain stage 2 (no reference dropout), so the dropout run and the control
 # share the GPU two ways, not three.
 S2_PLAIN=${S2_PLAIN:-1}
