@@ -12,13 +12,17 @@ method produces a 3D asset:
 Metrics, after the alignment of :mod:`iso3d.evaluation.geometry`: Chamfer distance and volume IoU
 against the true SDF; PSNR/SSIM of 4 novel views (the data set's 90°-apart views, headlight
 lambertian shading as the ground truth) against ground-truth renders; and CLIP similarity (the
-bundle's image encoder) between rendered and true novel views.
+bundle's image encoder) between rendered and true novel views. The novel views are turned and centred
+by the alignment but keep the true camera's distance and are zoomed to the true silhouettes' area
+(``view_fovy`` in the results; see :func:`~iso3d.evaluation.geometry.matched_fovy`); a NeRF is shaded
+as its run shaded it (albedo for runs without normals, headlight lambertian otherwise).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,7 @@ from iso3d.data.procedural import Primitive, ProceduralObject, render_object, re
 from iso3d.io import composite_on_white, save_image_grid
 from iso3d.training.evaluate import psnr, ssim
 
-from .geometry import align, volume_iou
+from .geometry import align, matched_fovy, volume_iou
 
 __all__ = ["EvalConfig", "METHODS", "evaluate_methods"]
 
@@ -80,14 +84,18 @@ class _FieldAsset:
         return inside & (density.reshape(-1) > self.threshold)
 
     @torch.no_grad()
-    def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:  # [V, 3, s, s]
+    def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:  # [V, 4, s, s]
+        """RGB on white and opacity. Shaded as the run was: a run without normals (``cpu_tiny``) only
+        ever rendered albedo, so its albedo holds the shading the model showed it; headlight lambertian
+        would shade it twice, with normals it never optimized."""
         renderer = self.asset.renderer.eval()
+        shading = "lambertian" if self.asset.config.normals else "albedo"
         rays_o, rays_d = generate_rays(c2w, torch.full((c2w.shape[0],), fovy), size, size)
         frames = []
         for o, d in zip(rays_o, rays_d):
             o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-            out = renderer(self.asset.field, o, d, shading="lambertian", light_positions=o, ambient=ambient)
-            frames.append(out.rgb.reshape(size, size, 3).permute(2, 0, 1))
+            out = renderer(self.asset.field, o, d, shading=shading, light_positions=o, ambient=ambient)
+            frames.append(torch.cat([out.rgb, out.opacity], -1).reshape(size, size, 4).permute(2, 0, 1))
         return torch.stack(frames)
 
 
@@ -107,9 +115,9 @@ class _ProceduralAsset:
         return self.obj.sdf(x) < 0
 
     @torch.no_grad()
-    def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:
+    def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:  # [V, 4, s, s]
         img = render_object_from(self.obj, c2w, RenderSettings(image_size=size, fovy=fovy, ambient=ambient))
-        return composite_on_white(img)
+        return torch.cat([composite_on_white(img), img[:, 3:]], 1)  # RGB on white, alpha
 
 
 def _sphere_like(image_rgba: torch.Tensor) -> ProceduralObject:
@@ -125,8 +133,15 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
     true_half = float((truth.vertices - center).abs().max()) * 1.05  # a cube around the whole true shape
     iou = volume_iou(truth.occupied, candidate.occupied, alignment, true_half, resolution=iou_resolution)
     c2w = camera_to_world(views["elevation"], views["azimuth"], torch.full_like(views["elevation"], settings.distance))
-    true_views = truth.render(c2w, settings.fovy, settings.image_size, settings.ambient)
-    gen_views = candidate.render(alignment.camera(c2w), settings.fovy, settings.image_size, settings.ambient).clamp(0, 1)
+    true_rgba = truth.render(c2w, settings.fovy, settings.image_size, settings.ambient)
+    # Views at the true distance, zoomed to the true silhouettes' area (geometry.matched_fovy): a probe
+    # at twice the frame's tan keeps a generated object up to twice the true one's size in the frame.
+    gen_c2w = alignment.view_camera(c2w)
+    probe_fovy = math.degrees(2 * math.atan(2 * math.tan(math.radians(settings.fovy) / 2)))
+    probe = candidate.render(gen_c2w, probe_fovy, settings.image_size, settings.ambient)
+    fovy = matched_fovy(settings.fovy, true_rgba[:, 3], probe[:, 3], probe_fovy=probe_fovy)
+    true_views = true_rgba[:, :3]
+    gen_views = candidate.render(gen_c2w, fovy, settings.image_size, settings.ambient)[:, :3].clamp(0, 1)
     with torch.no_grad():
         a = F.normalize(encoder(gen_views)[:, 0].float(), dim=-1)
         b = F.normalize(encoder(true_views)[:, 0].float(), dim=-1)
@@ -134,6 +149,7 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
         "chamfer": chamfer, "volume_iou": iou,
         "psnr": float(psnr(gen_views, true_views).mean()), "ssim": float(ssim(gen_views, true_views).mean()),
         "clip_similarity": float((a * b).sum(-1).mean()), "azimuth_offset": alignment.azimuth,
+        "view_fovy": fovy,
     }, torch.cat([true_views, gen_views])
 
 

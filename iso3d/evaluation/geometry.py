@@ -5,7 +5,13 @@ both shapes are normalized first: each is centred on the centroid of its surface
 so that their RMS distance from it is 1 (both invariant to turns about the vertical axis, unlike a
 bounding box), and the generated shape is turned about the vertical (y) axis to the best of ``n_azimuths``
 angles (by Chamfer distance). The resulting :class:`Alignment` maps ground-truth world points into the
-generated asset's world, and is reused for volume IoU and for rendering novel views.
+generated asset's world, and is reused for volume IoU and for placing the cameras of novel views.
+
+Novel views are not scaled by the mesh's size: a NeRF's exported surface (a density threshold) can be
+much smaller than what it shows (a soft shell around a dense core), and a camera moved in by that
+ratio would sit inside the shell. So the views keep the true camera's distance from the object's
+centre (:meth:`Alignment.view_camera`) and match the apparent size by zooming instead: the field of
+view at which the generated silhouettes cover as many pixels as the true ones (:func:`matched_fovy`).
 
 * Chamfer distance: ``mean_p min_g ‖p − g‖ + mean_g min_p ‖g − p‖`` over surface samples, in
   normalized units (RMS radius 1).
@@ -14,12 +20,13 @@ generated asset's world, and is reused for volume IoU and for rendering novel vi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Alignment", "align", "chamfer_distance", "normalization", "volume_iou"]
+__all__ = ["Alignment", "align", "chamfer_distance", "matched_fovy", "normalization", "volume_iou"]
 
 
 def normalization(points: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -65,6 +72,37 @@ class Alignment:
         out[:, :3, :3] = r @ c2w[:, :3, :3]
         out[:, :3, 3] = self(c2w[:, :3, 3])
         return out
+
+    def view_camera(self, c2w: torch.Tensor) -> torch.Tensor:  # [B, 4, 4]
+        """:meth:`camera` without the scale: turned and centred, at the true camera's distance."""
+        return dataclasses.replace(self, scale=1.0).camera(c2w)
+
+
+def matched_fovy(fovy: float, true_alpha: torch.Tensor, gen_alpha: torch.Tensor, probe_fovy: float | None = None) -> float:
+    """The field of view (degrees) at which generated views cover as many pixels as the true views.
+
+    ``true_alpha``: the true views' silhouettes ``[V, H, W]`` (or any shape) rendered at ``fovy``;
+    ``gen_alpha``: the generated views' opacity at ``probe_fovy`` (default ``fovy``), same pixel count
+    per view, same cameras. A pinhole's image of a distant-enough object scales with ``1/tan(fov/2)``,
+    so its covered area with ``1/tan²``:
+
+        A_gen(f) = A_gen(p) · tan²(p/2) / tan²(f/2);   A_gen(f) = A_true  ⇒
+        tan(f/2) = tan(p/2) · sqrt(A_gen(p) / A_true)
+
+    Soft opacity counts fractionally. A probe wider than ``fovy`` keeps a generated object larger than
+    the true one inside the frame. Empty silhouettes (either side) return ``fovy`` unchanged.
+
+    >>> round(matched_fovy(40.0, torch.ones(10), torch.ones(40)), 2)  # 4× the area: zoom out 2× in tan
+    72.1
+    """
+    probe_fovy = fovy if probe_fovy is None else probe_fovy
+    if not (0 < fovy < 180 and 0 < probe_fovy < 180):
+        raise ValueError(f"fovy and probe_fovy must be in (0, 180) degrees, got {fovy} and {probe_fovy}")
+    a_true, a_gen = float(true_alpha.float().sum()), float(gen_alpha.float().sum())
+    if a_true <= 0 or a_gen <= 0:
+        return fovy
+    half = math.atan(math.tan(math.radians(probe_fovy) / 2) * math.sqrt(a_gen / a_true))
+    return math.degrees(2 * half)
 
 
 def align(true_points: torch.Tensor, gen_points: torch.Tensor, n_azimuths: int = 24) -> tuple[Alignment, float]:

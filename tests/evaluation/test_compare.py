@@ -30,7 +30,8 @@ def test_every_method_on_one_object(tmp_path):
         if "error" in r:  # a 2-step field may have no surface above the threshold: said, not hidden
             assert "no density above the threshold" in r["error"]
             continue
-        assert r["chamfer"] >= 0 and 0 <= r["volume_iou"] <= 1 and 0 <= r["ssim"] <= 1
+        assert r["chamfer"] >= 0 and 0 <= r["volume_iou"] <= 1 and -1 <= r["ssim"] <= 1
+        assert 0 < r["view_fovy"] < 180
         assert math.isfinite(r["psnr"]) and -1 <= r["clip_similarity"] <= 1
     assert "error" not in row["sphere"]
     assert (tmp_path / "results.json").exists() and (tmp_path / "object_00.png").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from iso3d.evaluation import Alignment, align, chamfer_distance, normalization, volume_iou
+from iso3d.evaluation.geometry import matched_fovy
 
 
 def _box_surface(n=3000, half=(0.5, 0.25, 0.125), seed=0):
@@ -77,3 +78,39 @@ def test_volume_iou_of_spheres():
     assert volume_iou(ball(0.5), ball(0.5), far, 0.5) == 0.0
     # Scale maps the true cube onto the generated shape: a ball twice as large, scale 2, IoU 1.
     assert volume_iou(ball(0.5), ball(1.0), Alignment(torch.zeros(3), torch.zeros(3), 2.0, 0.0), 0.5) == pytest.approx(1.0)
+
+
+def test_view_camera_keeps_the_true_distance():
+    a = Alignment(torch.tensor([0.1, 0.0, 0.0]), torch.tensor([0.0, 0.2, 0.0]), 0.4, 30.0)
+    c2w = torch.eye(4)[None].clone()
+    c2w[0, :3, 3] = torch.tensor([0.1, 0.0, 2.0])  # 2 from the true centre
+    moved = a.view_camera(c2w)
+    assert float((moved[0, :3, 3] - a.gen_center).norm()) == pytest.approx(2.0, rel=1e-6)
+    torch.testing.assert_close(moved[0, :3, :3], a.camera(c2w)[0, :3, :3])  # same turn as the scaled camera
+
+
+@pytest.mark.parametrize("gen_radius", [0.2, 0.55, 0.9])
+def test_matched_fovy_equalizes_silhouettes(gen_radius):
+    """A sphere of another size, zoomed to the matched field of view, covers the true sphere's pixels."""
+    from iso3d.cameras import camera_to_world
+    from iso3d.data import RenderSettings
+    from iso3d.data.procedural import Primitive, ProceduralObject, render_object_from
+
+    sphere = lambda r: ProceduralObject([Primitive("sphere", torch.zeros(3), torch.eye(3), torch.tensor([r]),  # noqa: E731
+                                                   torch.tensor([0.8, 0.3, 0.2]))])
+    c2w = camera_to_world(torch.tensor([10.0, 20.0]), torch.tensor([0.0, 90.0]), torch.full((2,), 2.0))
+    alpha = lambda r, fovy: render_object_from(sphere(r), c2w, RenderSettings(image_size=48, fovy=fovy))[:, 3]  # noqa: E731
+    true_alpha = alpha(0.4, 40.0)
+    probe_fovy = math.degrees(2 * math.atan(2 * math.tan(math.radians(20.0))))
+    fovy = matched_fovy(40.0, true_alpha, alpha(gen_radius, probe_fovy), probe_fovy=probe_fovy)
+    assert (fovy > 40.0) == (gen_radius > 0.4)
+    # Up to pixel quantization at 48² (and perspective: the sphere's silhouette is not exactly ∝ r²).
+    assert float(alpha(gen_radius, fovy).sum()) == pytest.approx(float(true_alpha.sum()), rel=0.06)
+
+
+def test_matched_fovy_edge_cases():
+    assert matched_fovy(40.0, torch.zeros(4, 8, 8), torch.ones(4, 8, 8)) == 40.0  # empty truth: unchanged
+    assert matched_fovy(40.0, torch.ones(4, 8, 8), torch.zeros(4, 8, 8)) == 40.0  # empty render: unchanged
+    assert matched_fovy(40.0, torch.ones(10), torch.ones(10)) == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="fovy"):
+        matched_fovy(0.0, torch.ones(1), torch.ones(1))
