@@ -26,6 +26,7 @@ from .procedural import ObjectSampling, RenderSettings, random_object, render_ob
 __all__ = ["MultiViewDataset", "MultiViewSample", "ViewSampling"]
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+SEED_STRIDE = 100_000  # object seeds of (split, seed): SPLIT_OFFSETS[split] + seed·SEED_STRIDE + index
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,17 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise ValueError(f"size must be >= 1, got {size}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 \
+                or seed * SEED_STRIDE + size > SPLIT_OFFSETS["val"]:
+            # Beyond this a split's object seeds would run into the next split's: training on test objects.
+            raise ValueError(f"seed must be an int with 0 <= seed * {SEED_STRIDE} + size <= {SPLIT_OFFSETS['val']} "
+                             f"(so the splits stay disjoint), got seed={seed!r} and size={size}")
         if not isinstance(object_sampling, ObjectSampling):
             raise TypeError(f"object_sampling must be an ObjectSampling, got {type(object_sampling).__name__}")
         self.split, self.size, self.seed, self.settings, self.sampling = split, size, seed, settings, sampling
         self.object_sampling = object_sampling
         self.workers = workers
-        self.seeds = [SPLIT_OFFSETS[split] + seed * 100_000 + i for i in range(size)]
+        self.seeds = [SPLIT_OFFSETS[split] + seed * SEED_STRIDE + i for i in range(size)]
         cache = self._cache_path(cache_dir)
         if cache is not None and cache.exists():
             data = np.load(cache)

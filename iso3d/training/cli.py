@@ -108,6 +108,9 @@ def run_train(args: argparse.Namespace, device) -> int:
                                    ("--encoder-colour-jitter", args.encoder_colour_jitter, 0, 1)):
         if value is not None and not low <= value <= high:
             raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
+    if args.encoder_colour_jitter and args.stage not in ("encoder", "all"):
+        raise ValueError(f"--encoder-colour-jitter applies to the encoder stage only (stage 'encoder' or 'all'), "
+                         f"not {args.stage!r}")
     out = Path(args.out)
     schedule_options = {"--noise-schedule": args.noise_schedule is not None,
                         "--prediction-type": args.prediction_type is not None,
@@ -134,8 +137,7 @@ def run_train(args: argparse.Namespace, device) -> int:
                        sample_every=args.sample_every, mixed_precision=args.mixed_precision, seed=args.seed, data=data,
                        time_limit=args.time_limit, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                        reference_dropout=args.reference_dropout, warmup_steps=args.warmup_steps,
-                       lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit,
-                       encoder_colour_jitter=args.encoder_colour_jitter)
+                       lr_schedule=args.lr_schedule, cosine_to_time_limit=args.cosine_to_time_limit)
     stages = ["encoder", "stage1", "stage2"] if args.stage == "all" else [args.stage]
     for stage in stages:
         encoder = stage == "encoder"  # the encoder keeps a constant rate (its own --encoder-lr)
@@ -143,7 +145,8 @@ def run_train(args: argparse.Namespace, device) -> int:
                                   lr=args.encoder_lr if encoder else args.lr,
                                   warmup_steps=0 if encoder else base.warmup_steps,
                                   lr_schedule="constant" if encoder else base.lr_schedule,
-                                  cosine_to_time_limit=base.cosine_to_time_limit and not encoder)
+                                  cosine_to_time_limit=base.cosine_to_time_limit and not encoder,
+                                  encoder_colour_jitter=args.encoder_colour_jitter if encoder else 0.0)
         result = train(model, cfg, out / stage, resume=args.resume, device=device)
         bundle = model.save_pretrained(out / stage / "bundle")
         (out / stage / "result.json").write_text(json.dumps({**result, "config": dataclasses.asdict(cfg)}, indent=2))

@@ -114,6 +114,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.snr_gamma must be a positive number or None, got {self.snr_gamma!r}")
         if not 0 <= self.encoder_colour_jitter <= 1:
             raise ValueError(f"TrainConfig.encoder_colour_jitter must be in [0, 1], got {self.encoder_colour_jitter}")
+        if self.encoder_colour_jitter > 0 and self.stage != "encoder":
+            raise ValueError(f"TrainConfig.encoder_colour_jitter applies to the encoder stage only; stage "
+                             f"{self.stage!r} would ignore {self.encoder_colour_jitter} (set it to 0)")
         if self.cosine_to_time_limit and (self.lr_schedule != "cosine" or self.time_limit is None):
             raise ValueError("TrainConfig.cosine_to_time_limit needs lr_schedule='cosine' and a time_limit, "
                              f"got {self.lr_schedule!r} and {self.time_limit}")

@@ -126,6 +126,8 @@ def test_train_command_checks_sampling_flags():
                         ("--encoder-colour-jitter", "2")):
         with pytest.raises(ValueError, match=flag):
             main(["train", "stage1", "--out", "unused", flag, value])
+    with pytest.raises(ValueError, match="encoder stage only"):  # stage1 would silently ignore it
+        main(["train", "stage1", "--out", "unused", "--encoder-colour-jitter", "0.3"])
 
 
 def test_resume_continues_exactly(dataset, tmp_path):
@@ -335,6 +337,8 @@ def test_bad_config():
         TrainConfig(snr_gamma=0)
     with pytest.raises(ValueError, match="encoder_colour_jitter"):
         TrainConfig(encoder_colour_jitter=-0.1)
+    with pytest.raises(ValueError, match="encoder stage only"):  # a diffusion stage would ignore it
+        TrainConfig(stage="stage1", encoder_colour_jitter=0.3)
 
 
 def test_train_all_command_writes_reloadable_bundles(tmp_path):
@@ -352,7 +356,7 @@ def test_train_all_command_writes_reloadable_bundles(tmp_path):
     for stage in ("encoder", "stage1", "stage2"):
         saved = json.loads((tmp_path / "run" / stage / "result.json").read_text())
         assert saved["config"]["data"]["object_sampling"] == dataclasses.asdict(objects)
-        assert saved["config"]["encoder_colour_jitter"] == 0.25
+        assert saved["config"]["encoder_colour_jitter"] == (0.25 if stage == "encoder" else 0.0)
     expected = MultiViewDataset("train", 4, settings=RenderSettings(image_size=IMAGE), object_sampling=objects,
                                 progress=False)
     assert [p.name for p in (tmp_path / "cache").glob("*.npz")] == [expected._cache_path(tmp_path / "cache").name]
