@@ -309,12 +309,14 @@ def generate(
                             stats=stats)
             if config.reference_loss_weight > 0:
                 loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            # Checked after the backward is queued (so the host does not wait for the forward before
+            # launching it) and before the update (so a bad step never reaches the field).
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"generate: the loss became {loss.item()} at step {step}; stopped. "
                     + (f"The last good checkpoint is {out_dir / CHECKPOINT}." if out_dir else "No checkpoint (out=None)."))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
             optim.step()
             step += 1
             losses.append(round(loss.item(), 6))  # .item() waits for the GPU: the step's time below is whole
