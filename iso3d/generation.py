@@ -16,6 +16,7 @@ a non-finite loss stops with ``FloatingPointError`` and keeps the last good chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import platform
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import field as dc_field  # the config has a member named `field`
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -59,7 +61,10 @@ class GenerateConfig:
     # extra field evaluations); without them every step shades with albedo and the orientation loss
     # is off (GenerateConfig.cpu_tiny).
     normals: bool = True
-    mesh_threshold: float = 25.0  # density of the exported surface (the release's); short runs stay softer
+    # Density of the exported surface: the release's 25 (for a converged field), or "silhouette": the
+    # level whose surface has the silhouettes the renders show (iso3d.export.threshold; short runs
+    # leave a soft density that a fixed level meshes too small or not at all).
+    mesh_threshold: float | Literal["silhouette"] = 25.0
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
     grid_update_every: int = 16
@@ -85,6 +90,9 @@ class GenerateConfig:
             raise ValueError(f"GenerateConfig.steps must be >= 1, got {self.steps}")
         if self.reference_loss_weight < 0:
             raise ValueError(f"GenerateConfig.reference_loss_weight must be >= 0, got {self.reference_loss_weight}")
+        if self.mesh_threshold != "silhouette" and (isinstance(self.mesh_threshold, (bool, str))
+                                                    or not self.mesh_threshold > 0):
+            raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
         if len(self.reference_pose) != 4:
             raise ValueError(f"GenerateConfig.reference_pose must be (elevation, azimuth, distance, fovy), got {self.reference_pose}")
 
@@ -103,7 +111,7 @@ class GenerateConfig:
                                                       per_level_scale=1.5), hidden_dims=32),
             renderer=RendererConfig(num_samples_per_ray=48),
             normals=False,
-            mesh_threshold=5.0,  # 200 steps leave the blob's density (10) mostly in place: 25 finds no surface
+            mesh_threshold="silhouette",  # 200 steps leave a soft density: 25 finds no surface, 5 one too small
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
         )
 
@@ -116,6 +124,16 @@ class Asset:
     renderer: VolumeRenderer
     config: GenerateConfig
     run: dict
+
+    @functools.cached_property
+    def surface_threshold(self) -> float:
+        """The density level of the exported mesh: ``config.mesh_threshold``, resolved when it is
+        ``"silhouette"`` (:func:`iso3d.export.threshold.silhouette_threshold`, computed once)."""
+        if self.config.mesh_threshold != "silhouette":
+            return float(self.config.mesh_threshold)
+        from iso3d.export.threshold import silhouette_threshold
+
+        return silhouette_threshold(self.field, radius=self.config.field.radius)
 
     @torch.no_grad()
     def render_turntable(self, n_frames: int = 12, size: int = 64, elevation: float = 15.0) -> torch.Tensor:
@@ -141,11 +159,11 @@ class Asset:
         torch.save({"field": self.field.state_dict(), "config": dataclasses.asdict(self.config)}, out / "field.pt")
         run = dict(self.run)
         try:
-            mesh = extract_mesh(self.field, MeshExportConfig(threshold=self.config.mesh_threshold,
-                                                             radius=self.config.field.radius))
+            threshold = self.surface_threshold
+            mesh = extract_mesh(self.field, MeshExportConfig(threshold=threshold, radius=self.config.field.radius))
             for ext in ("glb", "obj", "ply"):
                 mesh.save(out / f"mesh.{ext}")
-            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces))}
+            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "threshold": threshold}
         except (ValueError, ImportError) as exc:  # an empty field or a missing optional exporter
             run["mesh"] = {"error": str(exc)}
         frames = self.render_turntable(turntable_frames, turntable_size)

@@ -71,7 +71,7 @@ class _FieldAsset:
     def __init__(self, asset, n_points: int):
         from iso3d.export import MeshExportConfig, extract_mesh
 
-        threshold = asset.config.mesh_threshold  # the surface the exported mesh has
+        threshold = asset.surface_threshold  # the surface the exported mesh has
         self.asset, self.threshold = asset, threshold
         mesh = extract_mesh(asset.field, MeshExportConfig(threshold=threshold, radius=asset.config.field.radius))
         self.vertices = _subsample(torch.as_tensor(mesh.vertices, dtype=torch.float32), n_points)

@@ -51,14 +51,13 @@ def test_short_run_writes_every_output(model, tmp_path):
     # pruning only removes samples from those the grid marched
     assert len(run["marched_per_ray"]) == 4
     assert all(k <= m <= asset.config.renderer.num_samples_per_ray for k, m in zip(run["samples_per_ray"], run["marched_per_ray"]))
-    # After 4 steps the blob-initialized field (density up to ~softplus(10)) has a surface above 25 or
-    # not; either way run.json must say which, and a mesh that exists must be on disk in all formats.
-    if "vertices" in run["mesh"]:
-        assert run["mesh"]["faces"] > 0
-        for ext in ("glb", "obj", "ply"):
-            assert (tmp_path / f"mesh.{ext}").stat().st_size > 0
-    else:
-        assert "no density above the threshold" in run["mesh"]["error"]
+    # The CPU config meshes at the silhouette-matched level: the blob-initialized field (density up to
+    # ~softplus(10)) renders as a ball, so there is a surface, at the level run.json records.
+    assert asset.config.mesh_threshold == "silhouette"
+    assert run["mesh"]["faces"] > 0 and run["mesh"]["threshold"] == pytest.approx(asset.surface_threshold)
+    assert 0 < asset.surface_threshold < 25
+    for ext in ("glb", "obj", "ply"):
+        assert (tmp_path / f"mesh.{ext}").stat().st_size > 0
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch):
@@ -103,6 +102,9 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="steps must be >= 1"):
         generate(EXAMPLE, model, steps=0)
+    for bad in (0.0, -1.0, "auto", True):
+        with pytest.raises(ValueError, match="mesh_threshold must be a positive density or 'silhouette'"):
+            GenerateConfig(mesh_threshold=bad)
     with pytest.raises(ValueError, match=r"normals must be one of \['analytic', 'central', 'forward'\], 'off' or None"):
         generate(EXAMPLE, model, normals="sideways")
     with pytest.raises(ValueError, match="reference_loss_weight must be >= 0"):
