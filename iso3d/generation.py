@@ -103,7 +103,8 @@ class GenerateConfig:
     @classmethod
     def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
         """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
-        shading without normals (no orientation loss), the official schedule's shape over ``steps``."""
+        shading without normals (no orientation loss), the official schedule's shape over ``steps``; the
+        mesh is cut at the density level whose silhouettes match the renders (``mesh_threshold="silhouette"``)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
