@@ -64,6 +64,11 @@
 # For #5 (model card: 6000 visits made one object's shape; runs before the thirteenth session gave ~20 per
 # object, its H100 run ~39), where iso3d-tiny's training step goes (5-7 steps/s at batch 256), in the same call:
 #   ... TRAIN_PROFILE=1 ...   (about 40 s; then a long, resumable training run is the next step)
+# Next for #6 (16.4 min estimated, goal 15; RESULTS.md, thirteenth session): where the fused default's
+# step goes at both stages, to split the 64^2 step's 59 ms fixed part (UNet, VAE encode + backward,
+# launches, the pruning pass), with nothing else on the GPU (about 5 minutes of run with nerfacc's build):
+#   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" PROFILE_HEAD=fused NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     bash benchmarks/gpu_session.sh
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
