@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--guidance", type=float, default=None,
                     help="the SDS runs' CFG scale (as iso3d generate --guidance); default: generate's (the bundle's "
                          "sds_guidance_scale, else the config's)")
-    e3.add_argument("--seed", type=int, default=0)
+    e3.add_argument("--seed", type=int, default=0,
+                    help="test objects of set SEED (0-9: disjoint sets) and, offset per object, the SDS runs' seeds")
     e3.add_argument("--device", default="auto")
     add_object_sampling_arguments(e3)
 

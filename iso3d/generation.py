@@ -90,7 +90,8 @@ class GenerateConfig:
             raise ValueError(f"GenerateConfig.steps must be >= 1, got {self.steps}")
         if self.reference_loss_weight < 0:
             raise ValueError(f"GenerateConfig.reference_loss_weight must be >= 0, got {self.reference_loss_weight}")
-        if self.mesh_threshold != "silhouette" and (isinstance(self.mesh_threshold, (bool, str))
+        if self.mesh_threshold != "silhouette" and (isinstance(self.mesh_threshold, bool)
+                                                    or not isinstance(self.mesh_threshold, (int, float))
                                                     or not self.mesh_threshold > 0):
             raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
         if len(self.reference_pose) != 4:

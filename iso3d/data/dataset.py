@@ -102,10 +102,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise ValueError(f"size must be >= 1, got {size}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 \
-                or seed * SEED_STRIDE + size > SPLIT_OFFSETS["val"]:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if seed < 0 or seed * SEED_STRIDE + size > SPLIT_OFFSETS["val"]:
             # Beyond this a split's object seeds would run into the next split's: training on test objects.
-            raise ValueError(f"seed must be an int with 0 <= seed * {SEED_STRIDE} + size <= {SPLIT_OFFSETS['val']} "
+            raise ValueError(f"seed must satisfy 0 <= seed * {SEED_STRIDE} + size <= {SPLIT_OFFSETS['val']} "
                              f"(so the splits stay disjoint), got seed={seed!r} and size={size}")
         if not isinstance(object_sampling, ObjectSampling):
             raise TypeError(f"object_sampling must be an ObjectSampling, got {type(object_sampling).__name__}")

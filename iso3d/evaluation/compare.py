@@ -12,8 +12,8 @@ method produces a 3D asset:
 Metrics, after the alignment of :mod:`iso3d.evaluation.geometry`: Chamfer distance and volume IoU
 against the true SDF; PSNR/SSIM of 4 novel views (the data set's 90°-apart views, headlight
 lambertian shading as the ground truth) against ground-truth renders; and CLIP similarity (the
-bundle's image encoder) between rendered and true novel views. The novel views are turned and centred
-by the alignment but keep the true camera's distance and are zoomed to the true silhouettes' area
+bundle's image encoder) between rendered and true novel views. The novel views look at each object's
+centre, are turned by the alignment, keep the true camera's distance and are zoomed to the true silhouettes' area
 (``view_fovy`` in the results; see :func:`~iso3d.evaluation.geometry.matched_fovy`); a NeRF is shaded
 as its run shaded it (albedo for runs without normals, headlight lambertian otherwise).
 """
@@ -126,22 +126,31 @@ def _sphere_like(image_rgba: torch.Tensor) -> ProceduralObject:
     return ProceduralObject([Primitive("sphere", torch.zeros(3), torch.eye(3), torch.tensor([0.3]), color)])
 
 
+def _view_pair(truth, candidate, alignment, views, settings: RenderSettings):
+    """The true and the generated novel views (RGBA ``[V, 4, s, s]`` each) and the generated views' fovy.
+
+    Both cameras look at their object's centre (the truth's from its true distance, the generated one's
+    turned and centred by ``alignment`` at the same distance), so the zoom that matches the
+    silhouettes' area (geometry.matched_fovy) scales each image about its object. A probe at twice
+    the frame's tan keeps a generated object up to twice the true one's size inside the frame."""
+    c2w = camera_to_world(views["elevation"], views["azimuth"], torch.full_like(views["elevation"], settings.distance))
+    c2w[:, :3, 3] += alignment.true_center.to(c2w)  # the data set's cameras look at the origin
+    true_rgba = truth.render(c2w, settings.fovy, settings.image_size, settings.ambient)
+    gen_c2w = alignment.view_camera(c2w)
+    probe_fovy = math.degrees(2 * math.atan(2 * math.tan(math.radians(settings.fovy) / 2)))
+    probe = candidate.render(gen_c2w, probe_fovy, settings.image_size, settings.ambient)
+    fovy = matched_fovy(settings.fovy, true_rgba[:, 3], probe[:, 3], probe_fovy=probe_fovy)
+    return true_rgba, candidate.render(gen_c2w, fovy, settings.image_size, settings.ambient), fovy
+
+
 def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings, encoder,
              iou_resolution: int) -> tuple[dict, torch.Tensor]:
     alignment, chamfer = align(truth.vertices, candidate.vertices)
     center = alignment.true_center
     true_half = float((truth.vertices - center).abs().max()) * 1.05  # a cube around the whole true shape
     iou = volume_iou(truth.occupied, candidate.occupied, alignment, true_half, resolution=iou_resolution)
-    c2w = camera_to_world(views["elevation"], views["azimuth"], torch.full_like(views["elevation"], settings.distance))
-    true_rgba = truth.render(c2w, settings.fovy, settings.image_size, settings.ambient)
-    # Views at the true distance, zoomed to the true silhouettes' area (geometry.matched_fovy): a probe
-    # at twice the frame's tan keeps a generated object up to twice the true one's size in the frame.
-    gen_c2w = alignment.view_camera(c2w)
-    probe_fovy = math.degrees(2 * math.atan(2 * math.tan(math.radians(settings.fovy) / 2)))
-    probe = candidate.render(gen_c2w, probe_fovy, settings.image_size, settings.ambient)
-    fovy = matched_fovy(settings.fovy, true_rgba[:, 3], probe[:, 3], probe_fovy=probe_fovy)
-    true_views = true_rgba[:, :3]
-    gen_views = candidate.render(gen_c2w, fovy, settings.image_size, settings.ambient)[:, :3].clamp(0, 1)
+    true_rgba, gen_rgba, fovy = _view_pair(truth, candidate, alignment, views, settings)
+    true_views, gen_views = true_rgba[:, :3], gen_rgba[:, :3].clamp(0, 1)
     with torch.no_grad():
         a = F.normalize(encoder(gen_views)[:, 0].float(), dim=-1)
         b = F.normalize(encoder(true_views)[:, 0].float(), dim=-1)
@@ -149,7 +158,7 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
         "chamfer": chamfer, "volume_iou": iou,
         "psnr": float(psnr(gen_views, true_views).mean()), "ssim": float(ssim(gen_views, true_views).mean()),
         "clip_similarity": float((a * b).sum(-1).mean()), "azimuth_offset": alignment.azimuth,
-        "view_fovy": fovy,
+        "view_fovy": fovy, "mesh_threshold": getattr(candidate, "threshold", None),
     }, torch.cat([true_views, gen_views])
 
 

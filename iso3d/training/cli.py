@@ -76,7 +76,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the model's initialization and the training objects (set SEED, 0-9: disjoint sets)")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the UNet weights (e.g. 0.999) and save it")
     p.add_argument("--snr-gamma", type=float, default=None,

@@ -75,9 +75,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         MultiViewDataset("train", 2, workers=0)
     # Object seeds past the split's range would be the next split's (train seed 10 = val seed 0).
-    for seed, size in ((10, 1), (9, 100_001), (-1, 1), (1.5, 1), (True, 1)):
+    for seed, size in ((10, 1), (9, 100_001), (-1, 1)):
         with pytest.raises(ValueError, match="splits stay disjoint"):
             MultiViewDataset("train", size, seed=seed, progress=False)
+    for seed in (1.5, True):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            MultiViewDataset("train", 1, seed=seed, progress=False)
     assert len(random_object(5).primitives) in (1, 2, 3)
 
 

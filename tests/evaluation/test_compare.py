@@ -28,7 +28,7 @@ def test_every_method_on_one_object(tmp_path):
     for method in ("isotropic3d", "reference_l2", "stage1", "sphere"):
         r = row[method]
         if "error" in r:  # a 2-step field may have no surface above the threshold: said, not hidden
-            assert "no density above the threshold" in r["error"]
+            assert "no density above the threshold" in r["error"] or "no ray's opacity reaches 1/2" in r["error"]
             continue
         assert r["chamfer"] >= 0 and 0 <= r["volume_iou"] <= 1 and -1 <= r["ssim"] <= 1
         assert 0 < r["view_fovy"] < 180

@@ -114,3 +114,25 @@ def test_matched_fovy_edge_cases():
     assert matched_fovy(40.0, torch.ones(10), torch.ones(10)) == pytest.approx(40.0)
     with pytest.raises(ValueError, match="fovy"):
         matched_fovy(0.0, torch.ones(1), torch.ones(1))
+
+
+def test_novel_views_register_off_centre_objects():
+    """Two spheres of other sizes and centres: after the alignment and the zoom, the generated views'
+    silhouettes lie on the true ones (the zoom scales each image about its object's centre)."""
+    pytest.importorskip("mcubes", reason="PyMCubes not installed (pip install PyMCubes)")
+    from iso3d.data import RenderSettings
+    from iso3d.data.procedural import Primitive, ProceduralObject
+    from iso3d.evaluation.compare import _ProceduralAsset, _view_pair
+
+    def sphere(center, r):
+        return _ProceduralAsset(ProceduralObject([Primitive("sphere", torch.tensor(center), torch.eye(3),
+                                                            torch.tensor([r]), torch.tensor([0.8, 0.3, 0.2]))]), 1024)
+
+    truth, generated = sphere((0.15, 0.1, -0.1), 0.3), sphere((-0.2, 0.05, 0.1), 0.5)
+    alignment, _ = align(truth.vertices, generated.vertices)
+    views = {"elevation": torch.tensor([0.0, 10.0, 20.0, 30.0]), "azimuth": torch.tensor([0.0, 90.0, 180.0, 270.0])}
+    true_rgba, gen_rgba, fovy = _view_pair(truth, generated, alignment, views, RenderSettings(image_size=48))
+    assert fovy > 40.0  # the larger sphere is zoomed out
+    a, b = true_rgba[:, 3] > 0.5, gen_rgba[:, 3] > 0.5
+    iou = float((a & b).sum() / (a | b).sum())
+    assert iou > 0.9, iou

@@ -57,8 +57,10 @@ def test_the_mesh_at_that_level_has_the_rendered_radius(amplitude, width):
 def test_nothing_visible_and_bad_arguments():
     with pytest.raises(ValueError, match="no ray's opacity reaches 1/2"):
         silhouette_threshold(GaussianBall(0.01, 0.3))
-    for name, value in (("n_views", 0), ("size", 2.5), ("samples", True)):
-        with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match="n_views must be >= 1"):
+        silhouette_threshold(GaussianBall(10.0, 0.3), n_views=0)
+    for name, value in (("size", 2.5), ("samples", True)):
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
             silhouette_threshold(GaussianBall(10.0, 0.3), **{name: value})
     with pytest.raises(ValueError, match="radius"):
         silhouette_threshold(GaussianBall(10.0, 0.3), radius=0.0)

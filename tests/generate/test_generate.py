@@ -102,7 +102,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="steps must be >= 1"):
         generate(EXAMPLE, model, steps=0)
-    for bad in (0.0, -1.0, "auto", True):
+    for bad in (0.0, -1.0, "auto", True, None):
         with pytest.raises(ValueError, match="mesh_threshold must be a positive density or 'silhouette'"):
             GenerateConfig(mesh_threshold=bad)
     with pytest.raises(ValueError, match=r"normals must be one of \['analytic', 'central', 'forward'\], 'off' or None"):
