@@ -94,9 +94,13 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
         return real(*args, **kwargs) * float("nan")
 
     monkeypatch.setattr(model.unet, "forward", broken)
+    updates = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: updates.append(1) or real_step(self, *a, **k))
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         generate(EXAMPLE, model, config=_config(6), seed=2, out=tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert updates == []  # the bad step's gradients never reached the field
 
 
 def test_bad_arguments(model, tmp_path):
