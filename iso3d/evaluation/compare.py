@@ -69,19 +69,17 @@ class _FieldAsset:
     """A generated NeRF seen through the metrics' interface."""
 
     def __init__(self, asset, n_points: int):
-        from iso3d.export import MeshExportConfig, extract_mesh
+        from iso3d.export import MeshExportConfig, density_volume, extract_mesh
 
         threshold = asset.surface_threshold  # the surface the exported mesh has
         self.asset, self.threshold = asset, threshold
-        mesh = extract_mesh(asset.field, MeshExportConfig(threshold=threshold, radius=asset.config.field.radius))
+        config = MeshExportConfig(threshold=threshold, radius=asset.config.field.radius)
+        self.volume = density_volume(asset.field, config)  # what the exported mesh encloses (floaters kept)
+        mesh = extract_mesh(asset.field, config, volume=self.volume)
         self.vertices = _subsample(torch.as_tensor(mesh.vertices, dtype=torch.float32), n_points)
 
     def occupied(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.asset.config.field.radius
-        inside = (x.abs() <= r).all(-1)
-        with torch.no_grad():
-            density = self.asset.field.density(x.clamp(-r, r))
-        return inside & (density.reshape(-1) > self.threshold)
+        return self.volume.occupied(x)
 
     @torch.no_grad()
     def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:  # [V, 4, s, s]

@@ -1,6 +1,6 @@
 """Export of a density field to meshes with vertex colours."""
 
-from .mesh import Mesh, MeshExportConfig, extract_mesh
+from .mesh import DensityVolume, Mesh, MeshExportConfig, density_volume, extract_mesh
 from .threshold import silhouette_threshold
 
-__all__ = ["Mesh", "MeshExportConfig", "extract_mesh", "silhouette_threshold"]
+__all__ = ["DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extract_mesh", "silhouette_threshold"]

@@ -2,7 +2,10 @@
 
 1. Coarse pass: the density on a ``coarse_resolution³`` grid over ``[−R, R]³`` finds the cells above
    the threshold (the release's 25); their bounding box, one cell wider, is the fine box.
-2. Fine pass: ``resolution³`` samples over the fine box, marching cubes (PyMCubes) at the threshold.
+2. Fine pass: ``resolution³`` samples over the fine box. Empty regions enclosed by the surface
+   (not connected to the box's outside through empty voxels, 6-neighbourhood) are filled: a soft
+   field's noisy interior would otherwise mesh as bubbles inside the object (``fill_cavities``).
+   Marching cubes (PyMCubes) at the threshold.
 3. Connected components with fewer than ``min_component_fraction`` of the largest one's faces are
    dropped (floaters); faces are oriented outward; vertex colours are the field's albedo.
 """
@@ -18,7 +21,7 @@ import torch
 
 from iso3d.utils.imports import require
 
-__all__ = ["Mesh", "MeshExportConfig", "extract_mesh"]
+__all__ = ["DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extract_mesh"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class MeshExportConfig:
     radius: float = 1.0
     min_component_fraction: float = 0.05
     chunk: int = 65536
+    fill_cavities: bool = True
 
 
 @dataclass
@@ -64,12 +68,48 @@ def _evaluate(fn: Callable, points: torch.Tensor, chunk: int, device) -> torch.T
     return torch.cat(out).reshape(points.shape[:-1] + out[0].shape[1:])
 
 
+def _fill_cavities(occupied: torch.Tensor) -> torch.Tensor:  # [X, Y, Z] bool -> same, enclosed space filled
+    """Occupied voxels plus the empty ones not reachable from the grid's border through empty voxels."""
+    free = ~occupied
+    outside = torch.zeros_like(free)
+    for axis in range(3):  # seeds: the free voxels of the six faces
+        for end in (0, -1):
+            index = [slice(None)] * 3
+            index[axis] = end
+            outside[tuple(index)] = free[tuple(index)]
+    while True:  # grow through free voxels, 6-neighbourhood, until nothing changes
+        grown = outside.clone()
+        for axis in range(3):
+            grown[(slice(None),) * axis + (slice(1, None),)] |= outside[(slice(None),) * axis + (slice(None, -1),)]
+            grown[(slice(None),) * axis + (slice(None, -1),)] |= outside[(slice(None),) * axis + (slice(1, None),)]
+        grown &= free
+        if torch.equal(grown, outside):
+            return ~outside
+        outside = grown
+
+
+@dataclass
+class DensityVolume:
+    """The fine pass: densities on a grid over the fine box, padded by one empty voxel on every side,
+    with enclosed cavities raised above the threshold (when ``fill_cavities``)."""
+
+    values: np.ndarray  # [n + 2, n + 2, n + 2] float32
+    lo: np.ndarray  # [3] world position of the first unpadded sample
+    step: np.ndarray  # [3] world spacing of the samples
+    threshold: float
+
+    def occupied(self, x: torch.Tensor) -> torch.Tensor:  # [P, 3] world -> [P] bool: inside the exported surface
+        index = torch.round((x.cpu().double() - torch.from_numpy(self.lo)) / torch.from_numpy(self.step)).long() + 1
+        size = torch.tensor(self.values.shape)
+        inside = ((index >= 0) & (index < size)).all(-1)
+        index = torch.where(inside[:, None], index, torch.zeros_like(index))
+        values = torch.from_numpy(self.values)[index[:, 0], index[:, 1], index[:, 2]]
+        return inside & (values > self.threshold)
+
+
 @torch.no_grad()
-def extract_mesh(field, config: MeshExportConfig = MeshExportConfig()) -> Mesh:
-    """Mesh the surface ``density = threshold`` of ``field`` (any object with ``density(x)`` and
-    ``forward(x).albedo``, e.g. :class:`iso3d.nerf.ImplicitVolume`)."""
-    mcubes = require("mcubes", "mesh export (marching cubes)")
-    trimesh = require("trimesh", "mesh export")
+def density_volume(field, config: MeshExportConfig = MeshExportConfig()) -> DensityVolume:
+    """The coarse and fine passes of the module docstring (``ValueError`` if nothing exceeds the threshold)."""
     device = next(field.parameters()).device
     r = config.radius
     lo, hi = torch.full((3,), -r), torch.full((3,), r)
@@ -81,15 +121,30 @@ def extract_mesh(field, config: MeshExportConfig = MeshExportConfig()) -> Mesh:
     cell = 2 * r / (config.coarse_resolution - 1)
     box_lo = (lo + (occupied.amin(0) - 1).float() * cell).clamp(min=-r)
     box_hi = (lo + (occupied.amax(0) + 1).float() * cell).clamp(max=r)
-    fine_pts = _grid(box_lo, box_hi, config.resolution)
-    volume = _evaluate(field.density, fine_pts, config.chunk, device).numpy()
-    # Pad with a zero border so surfaces touching the box close.
-    volume = np.pad(volume, 1, constant_values=0.0)
-    verts, faces = mcubes.marching_cubes(volume, config.threshold)
+    volume = _evaluate(field.density, _grid(box_lo, box_hi, config.resolution), config.chunk, device)
+    # Pad with an empty border so surfaces touching the box close (and the outside has seeds to grow from).
+    volume = torch.nn.functional.pad(volume, (1, 1, 1, 1, 1, 1), value=0.0)
+    if config.fill_cavities:
+        inside = volume > config.threshold
+        cavities = _fill_cavities(inside) & ~inside
+        volume[cavities] = 2 * config.threshold + 1  # above the level: no surface between them and the solid
+    step = ((box_hi - box_lo) / (config.resolution - 1)).double().numpy()
+    return DensityVolume(volume.numpy(), box_lo.double().numpy(), step, config.threshold)
+
+
+@torch.no_grad()
+def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), volume: DensityVolume | None = None) -> Mesh:
+    """Mesh the surface ``density = threshold`` of ``field`` (any object with ``density(x)`` and
+    ``forward(x).albedo``, e.g. :class:`iso3d.nerf.ImplicitVolume`). ``volume``: this field's
+    :func:`density_volume` under ``config``, if already computed."""
+    mcubes = require("mcubes", "mesh export (marching cubes)")
+    trimesh = require("trimesh", "mesh export")
+    device = next(field.parameters()).device
+    grid = volume if volume is not None else density_volume(field, config)
+    verts, faces = mcubes.marching_cubes(grid.values, config.threshold)
     if len(faces) == 0:
         raise ValueError("extract_mesh: marching cubes found no surface in the fine box")
-    step = ((box_hi - box_lo) / (config.resolution - 1)).numpy()
-    verts = (verts - 1) * step + box_lo.numpy()
+    verts = (verts - 1) * grid.step + grid.lo
     mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=True)
     parts = mesh.split(only_watertight=False)
     if len(parts) > 1:

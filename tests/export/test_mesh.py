@@ -76,3 +76,34 @@ def test_empty_field_is_a_clear_error(tmp_path):
     mesh = extract_mesh(SmoothBall(0.6), MeshExportConfig(resolution=16, coarse_resolution=8))
     with pytest.raises(ValueError, match="must be .glb, .obj or .ply"):
         mesh.save(tmp_path / "mesh.stl")
+
+
+class HollowBall(torch.nn.Module):
+    """Density 100 in the shell 0.3 < ‖x‖ < 0.5, 0 elsewhere: a cavity inside a solid."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def density(self, x):
+        r = x.norm(dim=-1)
+        return 100.0 * ((r > 0.3) & (r < 0.5)).float()
+
+    def forward(self, x, with_normals=False):
+        from iso3d.nerf import FieldOutput
+
+        return FieldOutput(self.density(x), torch.full((x.shape[0], 3), 0.5))
+
+
+def test_enclosed_cavities_are_filled():
+    from iso3d.export import density_volume
+
+    filled = extract_mesh(HollowBall(), MeshExportConfig(resolution=48, coarse_resolution=16))
+    radii = np.linalg.norm(filled.vertices, axis=1)
+    assert radii.min() > 0.45, "no inner surface: the cavity is filled"
+    assert filled.to_trimesh().volume == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.08)
+    hollow = extract_mesh(HollowBall(), MeshExportConfig(resolution=48, coarse_resolution=16, fill_cavities=False))
+    assert np.linalg.norm(hollow.vertices, axis=1).min() < 0.35  # the inner wall is meshed without filling
+    volume = density_volume(HollowBall(), MeshExportConfig(resolution=48, coarse_resolution=16))
+    inside = volume.occupied(torch.tensor([[0.0, 0.0, 0.0], [0.4, 0.0, 0.0], [0.0, 0.7, 0.0], [2.0, 0.0, 0.0]]))
+    assert inside.tolist() == [True, True, False, False]
