@@ -89,11 +89,12 @@ class _FieldAsset:
         renderer = self.asset.renderer.eval()
         shading = "lambertian" if self.asset.config.normals else "albedo"
         rays_o, rays_d = generate_rays(c2w, torch.full((c2w.shape[0],), fovy), size, size)
+        device = next(self.asset.field.parameters()).device  # `iso3d eval --device cuda`: the field is there
         frames = []
         for o, d in zip(rays_o, rays_d):
-            o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+            o, d = o.reshape(-1, 3).to(device), d.reshape(-1, 3).to(device)
             out = renderer(self.asset.field, o, d, shading=shading, light_positions=o, ambient=ambient)
-            frames.append(torch.cat([out.rgb, out.opacity], -1).reshape(size, size, 4).permute(2, 0, 1))
+            frames.append(torch.cat([out.rgb, out.opacity], -1).reshape(size, size, 4).permute(2, 0, 1).cpu())
         return torch.stack(frames)
 
 
@@ -150,8 +151,9 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
     true_rgba, gen_rgba, fovy = _view_pair(truth, candidate, alignment, views, settings)
     true_views, gen_views = true_rgba[:, :3], gen_rgba[:, :3].clamp(0, 1)
     with torch.no_grad():
-        a = F.normalize(encoder(gen_views)[:, 0].float(), dim=-1)
-        b = F.normalize(encoder(true_views)[:, 0].float(), dim=-1)
+        device = next(encoder.parameters()).device
+        a = F.normalize(encoder(gen_views.to(device))[:, 0].float().cpu(), dim=-1)
+        b = F.normalize(encoder(true_views.to(device))[:, 0].float().cpu(), dim=-1)
     return {
         "chamfer": chamfer, "volume_iou": iou,
         "psnr": float(psnr(gen_views, true_views).mean()), "ssim": float(ssim(gen_views, true_views).mean()),
