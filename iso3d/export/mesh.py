@@ -141,7 +141,7 @@ def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), volume: D
     trimesh = require("trimesh", "mesh export")
     device = next(field.parameters()).device
     grid = volume if volume is not None else density_volume(field, config)
-    verts, faces = mcubes.marching_cubes(grid.values, config.threshold)
+    verts, faces = mcubes.marching_cubes(grid.values, grid.threshold)  # the level its cavities were filled for
     if len(faces) == 0:
         raise ValueError("extract_mesh: marching cubes found no surface in the fine box")
     verts = (verts - 1) * grid.step + grid.lo
