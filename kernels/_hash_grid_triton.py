@@ -11,7 +11,9 @@ from small device tables built from :class:`HashGridConfig` (the single source o
 
 Backward: table gradients accumulate with fp32 atomics into a zeroed buffer (non-deterministic
 summation order, as tcnn); point gradients (for analytic normals) accumulate across levels with
-fp32 atomics into ``[P, 3]``.
+fp32 atomics into ``[P, 3]``. Every atomic is ``sem="relaxed"``: Triton's default (acq_rel) lowers to
+``atom.acq_rel`` with its fences, while a sum read only after the kernel needs no ordering; with
+relaxed, ptxas emits fire-and-forget ``red`` (``tests/kernels/test_compile.py`` checks the PTX).
 
 Caution: index arithmetic is int64 with explicit 32-bit wrap of the hash products, which matches
 tcnn's uint32 arithmetic for every level whose lattice fits in 2³¹ per axis.
@@ -125,7 +127,7 @@ def _hash_grid_bwd_kernel(
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
         ptrs = row[:, None] * F + feats[None, :]
         if NEED_DTABLE:
-            tl.atomic_add(DTABLE + ptrs, (wx * wy * wz)[:, None] * dout, mask=mask[:, None])
+            tl.atomic_add(DTABLE + ptrs, (wx * wy * wz)[:, None] * dout, mask=mask[:, None], sem="relaxed")
         if NEED_DX:
             val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
             g = tl.sum(val * dout, axis=1)  # dL/d(weight of this corner)
@@ -134,9 +136,9 @@ def _hash_grid_bwd_kernel(
             dfy += g * (wx * wz) * (1.0 if by else -1.0)
             dfz += g * (wx * wy) * (1.0 if bz else -1.0)
     if NEED_DX:
-        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
-        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
-        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask, sem="relaxed")
+        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask, sem="relaxed")
+        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask, sem="relaxed")
 
 
 # Features with their Jacobian ∂y/∂x (analytic normals without a double backward): with the corner
@@ -238,7 +240,7 @@ def _hash_grid_jac_bwd_kernel(
         if NEED_DTABLE:
             grad_row = ((wx * wy * wz)[:, None] * dout + (sx * wy * wz)[:, None] * djx
                         + (sy * wx * wz)[:, None] * djy + (sz * wx * wy)[:, None] * djz)
-            tl.atomic_add(DTABLE + ptrs, grad_row, mask=mask[:, None])
+            tl.atomic_add(DTABLE + ptrs, grad_row, mask=mask[:, None], sem="relaxed")
         if NEED_DX:
             val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
             a = tl.sum(val * dout, axis=1)
@@ -249,9 +251,9 @@ def _hash_grid_jac_bwd_kernel(
             dfy += sy * (wx * wz * a + sx * wz * cx + sz * wx * cz)
             dfz += sz * (wx * wy * a + sx * wy * cx + sy * wx * cy)
     if NEED_DX:
-        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask)
-        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask)
-        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask)
+        tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask, sem="relaxed")
+        tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask, sem="relaxed")
+        tl.atomic_add(DX + offs * 3 + 2, dfz * scale, mask=mask, sem="relaxed")
 
 
 @triton.jit

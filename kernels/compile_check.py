@@ -74,7 +74,8 @@ def _signature(jit, args: tuple, kwargs: dict, extra_consts: dict) -> tuple[dict
 
 def _compile(launch: _Launch, tile, arch: int) -> str:
     """Compile one launch (``tile``: an autotuned kernel's ``triton.Config``, or the mv_attention
-    tuple ``(BLOCK_M, BLOCK_N, warps, stages)``); returns ptxas' register and spill report."""
+    tuple ``(BLOCK_M, BLOCK_N, warps, stages)``); returns ptxas' register and spill report and,
+    for kernels with atomics, how many are ordered."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -91,7 +92,23 @@ def _compile(launch: _Launch, tile, arch: int) -> str:
     signature, constants = _signature(jit, launch.args, launch.kwargs, extra)
     compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", arch, 32), options=options)
-    return resource_report(compiled.asm["ptx"], arch)
+    ptx = compiled.asm["ptx"]
+    return ", ".join(filter(None, [resource_report(ptx, arch), atomic_report(ptx)]))
+
+
+def atomic_report(ptx: str) -> str:
+    """``"ordered atomics N"`` for a kernel with atomics: how many carry acquire/release semantics.
+
+    ``tl.atomic_add``'s default ``sem="acq_rel"`` becomes ``atom.acq_rel``, which ptxas surrounds
+    with a ``MEMBAR.ALL.GPU`` and an L1 invalidation (``CCTL.IVALL``) for every atomic; a sum read
+    after the kernel needs ``sem="relaxed"`` (``red.relaxed``). "" if the kernel has no atomics."""
+    import re
+
+    ops = re.findall(r"^\s*(?:@!?%p\d+\s+)?((?:atom|red)\.[\w.]+)", ptx, flags=re.MULTILINE)
+    if not ops:
+        return ""
+    ordered = [op for op in ops if re.search(r"\.(acq_rel|acquire|release|sc)\b", op)]
+    return f"ordered atomics {len(ordered)}"
 
 
 def resource_report(ptx: str, arch: int) -> str:
