@@ -74,8 +74,8 @@ def _signature(jit, args: tuple, kwargs: dict, extra_consts: dict) -> tuple[dict
 
 def _compile(launch: _Launch, tile, arch: int) -> str:
     """Compile one launch (``tile``: an autotuned kernel's ``triton.Config``, or the mv_attention
-    tuple ``(BLOCK_M, BLOCK_N, warps, stages)``); returns ptxas' register and spill report and,
-    for kernels with atomics, how many are ordered."""
+    tuple ``(BLOCK_M, BLOCK_N, warps, stages)``); returns ptxas' register and spill report, and
+    :func:`ptx_report`'s barriers and ordered atomics."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -93,22 +93,26 @@ def _compile(launch: _Launch, tile, arch: int) -> str:
     compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", arch, 32), options=options)
     ptx = compiled.asm["ptx"]
-    return ", ".join(filter(None, [resource_report(ptx, arch), atomic_report(ptx)]))
+    return ", ".join(filter(None, [resource_report(ptx, arch), ptx_report(ptx)]))
 
 
-def atomic_report(ptx: str) -> str:
-    """``"ordered atomics N"`` for a kernel with atomics: how many carry acquire/release semantics.
+def ptx_report(ptx: str) -> str:
+    """``"barriers B"``, plus ``", ordered atomics N"`` for a kernel with atomics.
 
-    ``tl.atomic_add``'s default ``sem="acq_rel"`` becomes ``atom.acq_rel``, which ptxas surrounds
-    with a ``MEMBAR.ALL.GPU`` and an L1 invalidation (``CCTL.IVALL``) for every atomic; a sum read
-    after the kernel needs ``sem="relaxed"`` (``red.relaxed``). "" if the kernel has no atomics."""
+    Barriers (``bar.sync``) mostly come from layout conversions through shared memory: the hash-grid
+    kernels had 31 to 79 before their F = 2 lanes. Ordered atomics: ``tl.atomic_add``'s default
+    ``sem="acq_rel"`` becomes ``atom.acq_rel``, which ptxas surrounds with a ``MEMBAR.ALL.GPU`` and an
+    L1 invalidation (``CCTL.IVALL``) for every atomic; a sum read after the kernel needs
+    ``sem="relaxed"`` (``red.relaxed``)."""
     import re
 
+    barriers = re.findall(r"\bbar\.sync\b", ptx)
+    report = f"barriers {len(barriers)}"
     ops = re.findall(r"^\s*(?:@!?%p\d+\s+)?((?:atom|red)\.[\w.]+)", ptx, flags=re.MULTILINE)
-    if not ops:
-        return ""
-    ordered = [op for op in ops if re.search(r"\.(acq_rel|acquire|release|sc)\b", op)]
-    return f"ordered atomics {len(ordered)}"
+    if ops:
+        ordered = [op for op in ops if re.search(r"\.(acq_rel|acquire|release|sc)\b", op)]
+        report += f", ordered atomics {len(ordered)}"
+    return report
 
 
 def resource_report(ptx: str, arch: int) -> str:
