@@ -69,6 +69,19 @@
 # launches, the pruning pass), with nothing else on the GPU (about 5 minutes of run with nerfacc's build):
 #   TRAIN=0 TESTS="" BENCHES="" PROFILE="64 256" PROFILE_HEAD=fused NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
 #     bash benchmarks/gpu_session.sh
+# Next for #6 (fifteenth session, CPU only; supersedes the profile above): the hash-grid kernels changed
+# without a GPU: relaxed atomics in the backward (sm_90a SASS had a MEMBAR.ALL.GPU and an L1 invalidation
+# around each of 19 atomics per point and level) and F = 2 in two 1D lanes (no layout conversion: 0
+# barriers instead of 31-79 per program; jac fwd 110 -> 54 registers). Measure them against the commit
+# before them, b6c3066, in one call (about 8 minutes of run with nerfacc's build):
+#   rm -rf runs/base && mkdir -p runs/base && git archive b6c3066 | tar -x -C runs/base
+#   (carry .whl, runs/base, runs/device13/nerfacc_build.tgz)
+#   TRAIN=0 TESTS="tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
+#     BENCHES="density_head density_gradient" HEAD_K=fused GRADIENT_K="22 and not torch" \
+#     BASE=runs/base BASE_BENCHES="density_head density_gradient" NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     bash benchmarks/gpu_session.sh
+# then: python benchmarks/generate/estimate_run.py <bench_density_head.json> (and the base's) --trace
+# benchmarks/figures/trace_h100_s8.json. If time is left on the warm machine: PROFILE="64 256" PROFILE_HEAD=fused.
 # Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
 # kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
 # set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
@@ -245,6 +258,10 @@ if [ -n "$BASE" ]; then
           benchmarks/generate/bench_sds_step.py -k "field_state and graphed ${BASE_K:+and $BASE_K}") ;;
       jacobian) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_jacobian "${JACOBIAN_LIMIT:-120}" benchmarks/kernels/bench_hash_grid.py \
           -k "jacobian and 22") ;;
+      density_head) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_density_head "${HEAD_LIMIT:-150}" \
+          benchmarks/generate/bench_sds_step.py -k "density_head ${HEAD_K:+and $HEAD_K}") ;;
+      density_gradient) (cd "$BASE" && export PYTHONPATH=/tmp/site:$PWD && bench base_density_gradient "${GRADIENT_LIMIT:-90}" \
+          benchmarks/kernels/bench_density_gradient.py ${GRADIENT_K:+-k "$GRADIENT_K"}) ;;
     esac
   done
 fi
