@@ -84,6 +84,22 @@ def _corner_weight(fx, fy, fz, bx: tl.constexpr, by: tl.constexpr, bz: tl.conste
 
 
 @triton.jit
+def _load_pair(TABLE, row, mask):
+    # Both features of a row in one 64-bit (fp32) or 32-bit (fp16) load, as tcnn reads a level's
+    # features as one vector: half the gathers of two scalar loads. The launchers keep the table
+    # aligned to a row (hash_grid.pair_aligned). Little-endian: feature 0 is the low half.
+    if TABLE.dtype.element_ty == tl.float32:
+        bits = tl.load(TABLE.to(tl.pointer_type(tl.int64)) + row, mask=mask, other=0)
+        v0 = bits.to(tl.int32).to(tl.float32, bitcast=True)
+        v1 = (bits >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        bits = tl.load(TABLE.to(tl.pointer_type(tl.int32)) + row, mask=mask, other=0)
+        v0 = bits.to(tl.int16).to(TABLE.dtype.element_ty, bitcast=True).to(tl.float32)
+        v1 = (bits >> 16).to(tl.int16).to(TABLE.dtype.element_ty, bitcast=True).to(tl.float32)
+    return v0, v1
+
+
+@triton.jit
 def _hash_grid_fwd_kernel(
     X, TABLE, OUT, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
     N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
@@ -102,11 +118,11 @@ def _hash_grid_fwd_kernel(
             bx = corner & 1
             by = (corner >> 1) & 1
             bz = (corner >> 2) & 1
-            ptr = TABLE + _corner_row(gx, gy, gz, bx, by, bz, res, size, offset) * 2
+            v0, v1 = _load_pair(TABLE, _corner_row(gx, gy, gz, bx, by, bz, res, size, offset), mask)
             wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
             w = wx * wy * wz
-            a0 += w * tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-            a1 += w * tl.load(ptr + 1, mask=mask, other=0.0).to(tl.float32)
+            a0 += w * v0
+            a1 += w * v1
         out = OUT + offs * (N_LEVELS * 2) + level * 2
         tl.store(out, a0.to(OUT.dtype.element_ty), mask=mask)
         tl.store(out + 1, a1.to(OUT.dtype.element_ty), mask=mask)
@@ -159,8 +175,8 @@ def _hash_grid_bwd_kernel(
                 tl.atomic_add(DTABLE + row * 2, w * d0, mask=mask, sem="relaxed")
                 tl.atomic_add(DTABLE + row * 2 + 1, w * d1, mask=mask, sem="relaxed")
             if NEED_DX:
-                g = (tl.load(TABLE + row * 2, mask=mask, other=0.0).to(tl.float32) * d0
-                     + tl.load(TABLE + row * 2 + 1, mask=mask, other=0.0).to(tl.float32) * d1)
+                v0, v1 = _load_pair(TABLE, row, mask)
+                g = v0 * d0 + v1 * d1
         else:
             ptrs = row[:, None] * F + feats[None, :]
             if NEED_DTABLE:
@@ -213,10 +229,8 @@ def _jac_fwd_pairs(TABLE, OUT, JAC, offs, mask, level, fx, fy, fz, gx, gy, gz, s
         bx = corner & 1
         by = (corner >> 1) & 1
         bz = (corner >> 2) & 1
-        ptr = TABLE + _corner_row(gx, gy, gz, bx, by, bz, res, size, offset) * 2
+        v0, v1 = _load_pair(TABLE, _corner_row(gx, gy, gz, bx, by, bz, res, size, offset), mask)
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-        v0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-        v1 = tl.load(ptr + 1, mask=mask, other=0.0).to(tl.float32)
         w = wx * wy * wz
         ex = (wy * wz) * (1.0 if bx else -1.0)
         ey = (wx * wz) * (1.0 if by else -1.0)
@@ -320,15 +334,15 @@ def _jac_bwd_pairs(TABLE, DOUT, DJAC, DG, DTABLE, offs, mask, level, fx, fy, fz,
         sx = 1.0 if bx else -1.0
         sy = 1.0 if by else -1.0
         sz = 1.0 if bz else -1.0
-        ptr = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset) * 2
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        ptr = row * 2
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
         if NEED_DTABLE:
             w, ex, ey, ez = wx * wy * wz, sx * wy * wz, sy * wx * wz, sz * wx * wy
             tl.atomic_add(DTABLE + ptr, w * d0 + ex * djx0 + ey * djy0 + ez * djz0, mask=mask, sem="relaxed")
             tl.atomic_add(DTABLE + ptr + 1, w * d1 + ex * djx1 + ey * djy1 + ez * djz1, mask=mask, sem="relaxed")
         if NEED_DX:
-            v0 = tl.load(TABLE + ptr, mask=mask, other=0.0).to(tl.float32)
-            v1 = tl.load(TABLE + ptr + 1, mask=mask, other=0.0).to(tl.float32)
+            v0, v1 = _load_pair(TABLE, row, mask)
             a = v0 * d0 + v1 * d1
             cx = v0 * djx0 + v1 * djx1  # scale already folded into dJ
             cy = v0 * djy0 + v1 * djy1
