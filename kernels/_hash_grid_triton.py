@@ -432,8 +432,22 @@ def _jac_matvec_kernel(
     offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = offs < n_points
     feats = tl.arange(0, F)
-    ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
-    dv = tl.load(ptr, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
-    dv += tl.load(ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
-    dv += tl.load(ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
-    tl.store(DV + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], dv, mask=mask[:, None])
+    g0 = tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)
+    g1 = tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)
+    g2 = tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)
+    if F == 2:  # two lanes (see "Two lanes" above)
+        lvl = level.to(tl.int64)
+        jac = JAC + lvl * jac_stride_level + offs * jac_stride_point
+        stride_d = lvl * 0 + jac_stride_d
+        out = DV + offs * (N_LEVELS * 2) + level * 2
+        for f in tl.static_range(2):
+            dv = tl.load(jac + f, mask=mask, other=0.0).to(tl.float32) * g0
+            dv += tl.load(jac + stride_d + f, mask=mask, other=0.0).to(tl.float32) * g1
+            dv += tl.load(jac + 2 * stride_d + f, mask=mask, other=0.0).to(tl.float32) * g2
+            tl.store(out + f, dv, mask=mask)
+    else:
+        ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+        dv = tl.load(ptr, mask=mask[:, None], other=0.0).to(tl.float32) * g0[:, None]
+        dv += tl.load(ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * g1[:, None]
+        dv += tl.load(ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * g2[:, None]
+        tl.store(DV + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], dv, mask=mask[:, None])
