@@ -59,7 +59,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                      resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
-                     guidance_scale=args.guidance, compile_vae=args.compile_vae)
+                     guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return 0
@@ -112,7 +112,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = args.model or default_bundle_path()
     objects = object_sampling_from_args(args, load_bundle_config(model).training_objects)
     config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals,
-                        guidance_scale=args.guidance, object_sampling=objects)
+                        guidance_scale=args.guidance, object_sampling=objects, mesh_surface=args.mesh_surface)
     results = evaluate_methods(model, stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
     header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
                      help="run the VAE encode through torch.compile (latent models; a faster step after a compile "
                           "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
+    gen.add_argument("--mesh-surface", choices=["density", "rendered"], default=None,
+                     help="mesh the density level set (the release's, at 25) or the surface the renders show, "
+                          "fused from their depth along 30 directions (default: the config's)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU), encoder retrieval and "
                              "kind/colour probes on held-out objects")
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--guidance", type=float, default=None,
                     help="the SDS runs' CFG scale (as iso3d generate --guidance); default: generate's (the bundle's "
                          "sds_guidance_scale, else the config's)")
+    e3.add_argument("--mesh-surface", choices=["density", "rendered"], default=None,
+                    help="the SDS runs' mesh (as iso3d generate --mesh-surface); default: the CPU config's")
     e3.add_argument("--seed", type=int, default=0,
                     help="test objects of set SEED (0-9: disjoint sets) and, offset per object, the SDS runs' seeds")
     e3.add_argument("--device", default="auto")

@@ -65,6 +65,10 @@ class GenerateConfig:
     # level whose surface has the silhouettes the renders show (iso3d.export.threshold; short runs
     # leave a soft density that a fixed level meshes too small or not at all).
     mesh_threshold: float | Literal["silhouette"] = 25.0
+    # "density": mesh the level set density = mesh_threshold (the release). "rendered": mesh the surface
+    # the renders show, fused from the depth where the opacity reaches 1/2 along 30 directions
+    # (iso3d.export.depth_fusion); mesh_threshold then only bounds the meshed box.
+    mesh_surface: Literal["density", "rendered"] = "density"
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
     grid_update_every: int = 16
@@ -94,6 +98,8 @@ class GenerateConfig:
                                                     or not isinstance(self.mesh_threshold, (int, float))
                                                     or not self.mesh_threshold > 0):
             raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
+        if self.mesh_surface not in ("density", "rendered"):
+            raise ValueError(f"GenerateConfig.mesh_surface must be 'density' or 'rendered', got {self.mesh_surface!r}")
         if len(self.reference_pose) != 4:
             raise ValueError(f"GenerateConfig.reference_pose must be (elevation, azimuth, distance, fovy), got {self.reference_pose}")
 
@@ -105,7 +111,8 @@ class GenerateConfig:
     def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
         """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
         shading without normals (no orientation loss), the official schedule's shape over ``steps``; the
-        mesh is cut at the density level whose silhouettes match the renders (``mesh_threshold="silhouette"``)."""
+        mesh is the surface the renders show (``mesh_surface="rendered"``), in the box of the density level
+        whose silhouettes match the renders (``mesh_threshold="silhouette"``)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
@@ -114,6 +121,8 @@ class GenerateConfig:
             renderer=RendererConfig(num_samples_per_ray=48),
             normals=False,
             mesh_threshold="silhouette",  # 200 steps leave a soft density: 25 finds no surface, 5 one too small
+            # and some soft fields have no good level (a patchy shell over a core: benchmarks/RESULTS.md)
+            mesh_surface="rendered",
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
         )
 
@@ -137,6 +146,14 @@ class Asset:
 
         return silhouette_threshold(self.field, radius=self.config.field.radius)
 
+    @property
+    def mesh_config(self):
+        """The :class:`~iso3d.export.MeshExportConfig` of :meth:`save`'s mesh (and of ``iso3d eval``'s)."""
+        from iso3d.export import MeshExportConfig
+
+        return MeshExportConfig(threshold=self.surface_threshold, radius=self.config.field.radius,
+                                surface=self.config.mesh_surface)
+
     @torch.no_grad()
     def render_turntable(self, n_frames: int = 12, size: int = 64, elevation: float = 15.0) -> torch.Tensor:
         """``[n_frames, 3, size, size]`` renders around the object (fovy 40°, distance 2.2)."""
@@ -154,18 +171,19 @@ class Asset:
 
     def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
         """Write mesh.{glb,obj,ply}, turntable.gif (+ .mp4 with imageio-ffmpeg), views.png, field.pt, run.json."""
-        from iso3d.export import MeshExportConfig, extract_mesh
+        from iso3d.export import extract_mesh
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"field": self.field.state_dict(), "config": dataclasses.asdict(self.config)}, out / "field.pt")
         run = dict(self.run)
         try:
-            threshold = self.surface_threshold
-            mesh = extract_mesh(self.field, MeshExportConfig(threshold=threshold, radius=self.config.field.radius))
+            config = self.mesh_config
+            mesh = extract_mesh(self.field, config)
             for ext in ("glb", "obj", "ply"):
                 mesh.save(out / f"mesh.{ext}")
-            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "threshold": threshold}
+            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
+                           "threshold": config.threshold, "surface": config.surface}
         except (ValueError, ImportError) as exc:  # an empty field or a missing optional exporter
             run["mesh"] = {"error": str(exc)}
         frames = self.render_turntable(turntable_frames, turntable_size)
@@ -227,6 +245,7 @@ def generate(
     cuda_graph: bool | None = None,
     guidance_scale: float | None = None,
     compile_vae: bool | None = None,
+    mesh_surface: str | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -242,6 +261,8 @@ def generate(
     bundle's ``config.sds_guidance_scale`` when it has one (iso3d-tiny: 10, see its model card), else
     ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
+    ``mesh_surface`` overrides ``config.mesh_surface``: ``"density"`` (the level set at
+    ``config.mesh_threshold``) or ``"rendered"`` (the surface the renders show, fused from their depth).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
@@ -269,6 +290,8 @@ def generate(
         if not isinstance(compile_vae, bool):
             raise TypeError(f"compile_vae must be True, False or None, got {compile_vae!r}")
         config = dataclasses.replace(config, compile_vae=compile_vae)
+    if mesh_surface is not None:
+        config = dataclasses.replace(config, mesh_surface=mesh_surface)  # validated by GenerateConfig
     if normals is not None:
         normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",

@@ -56,6 +56,7 @@ class EvalConfig:
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
     guidance_scale: float | None = None  # the SDS runs' CFG (generate(guidance_scale=…)); None: as generate's default
+    mesh_surface: str | None = None  # the SDS runs' mesh (generate(mesh_surface=…)); None: cpu_tiny's
     # How the held-out objects are drawn; None: as the bundle's training objects (BundleConfig.training_objects).
     object_sampling: ObjectSampling | None = None
 
@@ -69,11 +70,10 @@ class _FieldAsset:
     """A generated NeRF seen through the metrics' interface."""
 
     def __init__(self, asset, n_points: int):
-        from iso3d.export import MeshExportConfig, density_volume, extract_mesh
+        from iso3d.export import density_volume, extract_mesh
 
-        threshold = asset.surface_threshold  # the surface the exported mesh has
-        self.asset, self.threshold = asset, threshold
-        config = MeshExportConfig(threshold=threshold, radius=asset.config.field.radius)
+        config = asset.mesh_config  # the surface the exported mesh has
+        self.asset, self.threshold = asset, config.threshold
         self.volume = density_volume(asset.field, config)  # what the exported mesh encloses (floaters kept)
         mesh = extract_mesh(asset.field, config, volume=self.volume)
         self.vertices = _subsample(torch.as_tensor(mesh.vertices, dtype=torch.float32), n_points)
@@ -207,7 +207,7 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
                     cfg = dataclasses.replace(base, reference_loss_weight=config.reference_loss_weight, reference_pose=pose)
                 asset = generate(image, stage1 if method == "stage1" else model, config=cfg, seed=config.seed + i,
                                  device=device, progress=progress, normals=config.normals,
-                                 guidance_scale=config.guidance_scale)
+                                 guidance_scale=config.guidance_scale, mesh_surface=config.mesh_surface)
                 try:
                     candidate = _FieldAsset(asset, config.surface_points)
                 except ValueError as exc:  # nothing above the threshold: no surface to measure
