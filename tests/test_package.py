@@ -59,6 +59,8 @@ def test_all_names_exist(module):
         "iso3d.models.latent_encoder",
         "iso3d.models.presets",
         "iso3d.pipelines.multiview",
+        "iso3d.export.depth_fusion",
+        "iso3d.export.threshold",
     ],
 )
 def test_docstring_examples_run(module):
