@@ -72,7 +72,7 @@
 # Next for #6 (fifteenth session, CPU only; supersedes the profile above): the hash-grid kernels changed
 # without a GPU: relaxed atomics in the backward (sm_90a SASS had a MEMBAR.ALL.GPU and an L1 invalidation
 # around each of 19 atomics per point and level) and F = 2 in two 1D lanes (no layout conversion: 0
-# barriers instead of 31-79 per program; jac fwd 110 -> 54 registers). Measure them against the commit
+# barriers instead of 31-79 per program; jac fwd 110 -> 64 registers) and one 64-bit load per table row. Measure them against the commit
 # before them, b6c3066, in one call (about 8 minutes of run with nerfacc's build):
 #   rm -rf runs/base && mkdir -p runs/base && git archive b6c3066 | tar -x -C runs/base
 #   (carry .whl, runs/base, runs/device13/nerfacc_build.tgz)

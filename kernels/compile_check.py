@@ -106,7 +106,7 @@ def ptx_report(ptx: str) -> str:
     ``sem="relaxed"`` (``red.relaxed``)."""
     import re
 
-    barriers = re.findall(r"\bbar\.sync\b", ptx)
+    barriers = re.findall(r"\bbar(?:rier)?\.sync\b", ptx)
     report = f"barriers {len(barriers)}"
     ops = re.findall(r"^\s*(?:@!?%p\d+\s+)?((?:atom|red)\.[\w.]+)", ptx, flags=re.MULTILINE)
     if ops:

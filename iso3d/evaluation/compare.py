@@ -73,7 +73,8 @@ class _FieldAsset:
         from iso3d.export import density_volume, extract_mesh
 
         config = asset.mesh_config  # the surface the exported mesh has
-        self.asset, self.threshold = asset, config.threshold
+        self.asset, self.surface = asset, config.surface
+        self.threshold = config.threshold if config.surface == "density" else None
         self.volume = density_volume(asset.field, config)  # what the exported mesh encloses (floaters kept)
         mesh = extract_mesh(asset.field, config, volume=self.volume)
         self.vertices = _subsample(torch.as_tensor(mesh.vertices, dtype=torch.float32), n_points)
@@ -158,7 +159,8 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
         "chamfer": chamfer, "volume_iou": iou,
         "psnr": float(psnr(gen_views, true_views).mean()), "ssim": float(ssim(gen_views, true_views).mean()),
         "clip_similarity": float((a * b).sum(-1).mean()), "azimuth_offset": alignment.azimuth,
-        "view_fovy": fovy, "mesh_threshold": getattr(candidate, "threshold", None),
+        "view_fovy": fovy, "mesh_surface": getattr(candidate, "surface", None),
+        "mesh_threshold": getattr(candidate, "threshold", None),
     }, torch.cat([true_views, gen_views])
 
 
