@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
     gen.add_argument("--mesh-surface", choices=["density", "rendered"], default=None,
                      help="mesh the density level set (the release's, at 25) or the surface the renders show, "
-                          "fused from their depth along 30 directions (default: the config's)")
+                          "fused from their depth along 24 directions (default: the config's)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU), encoder retrieval and "
                              "kind/colour probes on held-out objects")

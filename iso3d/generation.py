@@ -66,8 +66,8 @@ class GenerateConfig:
     # leave a soft density that a fixed level meshes too small or not at all).
     mesh_threshold: float | Literal["silhouette"] = 25.0
     # "density": mesh the level set density = mesh_threshold (the release). "rendered": mesh the surface
-    # the renders show, fused from the depth where the opacity reaches 1/2 along 30 directions
-    # (iso3d.export.depth_fusion); mesh_threshold is then not used.
+    # the renders show, fused from the depth where the opacity reaches 1/2 along 24 directions
+    # (iso3d.export.depth_fusion), inside the box of the level mesh_threshold (plus a coarse cell).
     mesh_surface: Literal["density", "rendered"] = "density"
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
@@ -111,8 +111,8 @@ class GenerateConfig:
     def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
         """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
         shading without normals (no orientation loss), the official schedule's shape over ``steps``; the
-        mesh is the surface the renders show (``mesh_surface="rendered"``; with ``"density"``, the level
-        whose silhouettes match the renders, ``mesh_threshold="silhouette"``)."""
+        mesh is the surface the renders show (``mesh_surface="rendered"``), in the box of the density level
+        whose silhouettes match the renders (``mesh_threshold="silhouette"``)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
@@ -138,8 +138,8 @@ class Asset:
 
     @functools.cached_property
     def surface_threshold(self) -> float:
-        """The density level of a level-set mesh (``config.mesh_surface == "density"``):
-        ``config.mesh_threshold``, resolved when it is ``"silhouette"``
+        """The density level of the exported mesh (``mesh_surface="density"``) or of its box
+        (``"rendered"``): ``config.mesh_threshold``, resolved when it is ``"silhouette"``
         (:func:`iso3d.export.threshold.silhouette_threshold`, computed once)."""
         if self.config.mesh_threshold != "silhouette":
             return float(self.config.mesh_threshold)
@@ -152,9 +152,8 @@ class Asset:
         """The :class:`~iso3d.export.MeshExportConfig` of :meth:`save`'s mesh (and of ``iso3d eval``'s)."""
         from iso3d.export import MeshExportConfig
 
-        if self.config.mesh_surface == "rendered":  # no level: the renders' opacity decides
-            return MeshExportConfig(radius=self.config.field.radius, surface="rendered")
-        return MeshExportConfig(threshold=self.surface_threshold, radius=self.config.field.radius)
+        return MeshExportConfig(threshold=self.surface_threshold, radius=self.config.field.radius,
+                                surface=self.config.mesh_surface)
 
     @torch.no_grad()
     def render_turntable(self, n_frames: int = 12, size: int = 64, elevation: float = 15.0) -> torch.Tensor:
@@ -184,8 +183,8 @@ class Asset:
             mesh = extract_mesh(self.field, config)
             for ext in ("glb", "obj", "ply"):
                 mesh.save(out / f"mesh.{ext}")
-            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "surface": config.surface,
-                           "threshold": config.threshold if config.surface == "density" else None}
+            run["mesh"] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
+                           "threshold": config.threshold, "surface": config.surface}
         except (ValueError, ImportError) as exc:  # an empty field or a missing optional exporter
             run["mesh"] = {"error": str(exc)}
         frames = self.render_turntable(turntable_frames, turntable_size)

@@ -73,8 +73,7 @@ class _FieldAsset:
         from iso3d.export import density_volume, extract_mesh
 
         config = asset.mesh_config  # the surface the exported mesh has
-        self.asset, self.surface = asset, config.surface
-        self.threshold = config.threshold if config.surface == "density" else None
+        self.asset, self.threshold, self.surface = asset, config.threshold, config.surface
         self.volume = density_volume(asset.field, config)  # what the exported mesh encloses (floaters kept)
         mesh = extract_mesh(asset.field, config, volume=self.volume)
         self.vertices = _subsample(torch.as_tensor(mesh.vertices, dtype=torch.float32), n_points)

@@ -17,9 +17,9 @@ voxel no view sees lies behind the surface in every direction, hence inside. Mar
 the mesh. Each view is orthographic: cameras at infinity.
 
 The views come from a few rotations of the grid (default 5), each giving 6 axis-aligned
-directions: 30 in all, evenly spread (:data:`VIEW_ROTATIONS`). For each rotation the density is
-resampled onto an isotropic grid holding the box's bounding sphere, so every ray is one axis of a
-tensor: a cumulative sum gives its opacity.
+directions: 30 views along 24 distinct directions (a 45° turn about an axis keeps that axis, so
+the six axis directions count twice). For each rotation the density is resampled onto an isotropic grid holding the
+box's bounding sphere, so every ray is one axis of a tensor: a cumulative sum gives its opacity.
 """
 
 from __future__ import annotations
@@ -40,10 +40,14 @@ def _rotation(axis, degrees: float) -> torch.Tensor:  # [3, 3], Rodrigues
     return torch.eye(3, dtype=torch.float64) + math.sin(a) * K + (1 - math.cos(a)) * K @ K
 
 
-# The five cubes inscribed in a dodecahedron: the identity turned by 72°·k about a five-fold axis of the
-# icosahedron whose two-fold axes are x, y and z. Their 30 axis directions are the vertices of an
-# icosidodecahedron, 36° apart; no direction on the sphere is more than 32° from one of them.
-VIEW_ROTATIONS = tuple(_rotation((0.0, 1.0, (1 + math.sqrt(5)) / 2), 72.0 * k) for k in range(5))
+# Identity, 45° about each axis (the 12 face diagonals), and one that turns z to a body diagonal.
+VIEW_ROTATIONS = (
+    torch.eye(3, dtype=torch.float64),
+    _rotation((1, 0, 0), 45.0),
+    _rotation((0, 1, 0), 45.0),
+    _rotation((0, 0, 1), 45.0),
+    _rotation((1, -1, 0), math.degrees(math.acos(1 / math.sqrt(3)))),
+)
 
 
 def _sample(volume: torch.Tensor, index_to_normalized: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

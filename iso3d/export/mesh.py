@@ -9,10 +9,10 @@
 3. Connected components with fewer than ``min_component_fraction`` of the largest one's faces are
    dropped (floaters); faces are oriented outward; vertex colours are the field's albedo.
 
-With ``surface="rendered"`` the passes mesh, instead of the level set, the surface the field's renders
-show: the depth where the opacity reaches 1/2 along 30 directions, fused
-(:mod:`iso3d.export.depth_fusion`). The coarse pass fuses it over the whole ``[−R, R]³`` to find the
-fine box; the threshold is not used.
+With ``surface="rendered"`` step 2 meshes, instead of the level set, the surface the field's renders
+show: the fine grid's depth where the opacity reaches 1/2, fused from 24 directions
+(:mod:`iso3d.export.depth_fusion`); the threshold then only bounds the fine box (the coarse cells
+above it, one cell wider: density outside it adds no opacity).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extra
 
 @dataclass(frozen=True)
 class MeshExportConfig:
-    threshold: float = 25.0  # the level set's density (surface="density")
+    threshold: float = 25.0
     resolution: int = 128
     coarse_resolution: int = 48
     radius: float = 1.0
@@ -39,7 +39,7 @@ class MeshExportConfig:
     chunk: int = 65536
     fill_cavities: bool = True
     # "density": the level set density = threshold (the release's export). "rendered": the surface the
-    # renders show (opacity 1/2 along 30 directions, fused; see the module docstring).
+    # renders show (opacity 1/2 along 24 directions, fused; see the module docstring).
     surface: Literal["density", "rendered"] = "density"
 
     def __post_init__(self):
@@ -127,19 +127,11 @@ def density_volume(field, config: MeshExportConfig = MeshExportConfig()) -> Dens
     r = config.radius
     lo, hi = torch.full((3,), -r), torch.full((3,), r)
     coarse = _evaluate(field.density, _grid(lo, hi, config.coarse_resolution), config.chunk, device)
+    occupied = (coarse > config.threshold).nonzero()
+    if occupied.numel() == 0:
+        raise ValueError(f"extract_mesh: no density above the threshold {config.threshold} inside [-{r}, {r}]^3: "
+                         "the field is empty (did the optimization diverge or stop too early?)")
     cell = 2 * r / (config.coarse_resolution - 1)
-    if config.surface == "rendered":
-        from .depth_fusion import fuse_rendered_depth
-
-        occupied = (fuse_rendered_depth(coarse, lo.double(), torch.full((3,), cell, dtype=torch.float64)) < 0).nonzero()
-        if occupied.numel() == 0:
-            raise ValueError(f"extract_mesh: no ray's opacity reaches 1/2 inside [-{r}, {r}]^3: the field shows "
-                             "nothing (did the optimization diverge or stop too early?)")
-    else:
-        occupied = (coarse > config.threshold).nonzero()
-        if occupied.numel() == 0:
-            raise ValueError(f"extract_mesh: no density above the threshold {config.threshold} inside [-{r}, {r}]^3: "
-                             "the field is empty (did the optimization diverge or stop too early?)")
     box_lo = (lo + (occupied.amin(0) - 1).float() * cell).clamp(min=-r)
     box_hi = (lo + (occupied.amax(0) + 1).float() * cell).clamp(max=r)
     volume = _evaluate(field.density, _grid(box_lo, box_hi, config.resolution), config.chunk, device)

@@ -49,7 +49,8 @@ def hollow_ball(x):  # the shell 0.3 < r < 0.5: its inside is seen by no view
 def test_uniform_ball_meshes_where_its_renders_put_the_edge():
     # Seen head-on, a ray's opacity reaches 1/2 at depth ln 2 / σ inside the sphere; an oblique ray,
     # with a shorter chord, reaches it at a larger radius: the fused surface lies between 0.483 and 0.5.
-    mesh = extract_mesh(Field(uniform_ball), MeshExportConfig(resolution=64, coarse_resolution=24, surface="rendered"))
+    mesh = extract_mesh(Field(uniform_ball), MeshExportConfig(threshold=1.0, resolution=64, coarse_resolution=24,
+                                                             surface="rendered"))
     radii = np.linalg.norm(mesh.vertices - CENTRE.numpy(), axis=1)
     voxel = 1.1 / 63  # the fine box is about the ball's 1.0 plus a coarse cell each side
     assert 0.5 - math.log(2) / 40 - voxel / 2 <= radii.mean() <= 0.5 + voxel / 2
@@ -59,13 +60,15 @@ def test_uniform_ball_meshes_where_its_renders_put_the_edge():
 
 
 def test_a_hole_seen_through_stays_open():
-    volume = density_volume(Field(torus), MeshExportConfig(resolution=64, coarse_resolution=24, surface="rendered"))
+    volume = density_volume(Field(torus), MeshExportConfig(threshold=1.0, resolution=64, coarse_resolution=24,
+                                                          surface="rendered"))
     points = torch.tensor([[0.0, 0.0, 0.0], [0.45, 0.0, 0.0], [0.0, 0.0, -0.45], [0.0, 0.3, 0.0]])
     assert volume.occupied(points).tolist() == [False, True, True, False]  # the hole, the tube twice, above
 
 
 def test_what_no_view_sees_is_inside():
-    volume = density_volume(Field(hollow_ball), MeshExportConfig(resolution=48, coarse_resolution=16, surface="rendered"))
+    volume = density_volume(Field(hollow_ball), MeshExportConfig(threshold=1.0, resolution=48, coarse_resolution=16,
+                                                                surface="rendered"))
     points = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.4, 0.0], [0.7, 0.0, 0.0]])
     assert volume.occupied(points).tolist() == [True, True, False]
 

@@ -54,7 +54,8 @@ def test_short_run_writes_every_output(model, tmp_path):
     # The CPU config meshes the rendered surface, in the box of the silhouette-matched level: the
     # blob-initialized field (density up to ~softplus(10)) renders as a ball, so there is a surface.
     assert asset.config.mesh_threshold == "silhouette" and asset.config.mesh_surface == "rendered"
-    assert run["mesh"]["faces"] > 0 and run["mesh"]["threshold"] is None  # no level: the renders decide
+    assert run["mesh"]["faces"] > 0 and run["mesh"]["threshold"] == pytest.approx(asset.surface_threshold)
+    assert 0 < asset.surface_threshold < 25
     for ext in ("glb", "obj", "ply"):
         assert (tmp_path / f"mesh.{ext}").stat().st_size > 0
     assert run["mesh"]["surface"] == asset.config.mesh_surface
@@ -63,7 +64,6 @@ def test_short_run_writes_every_output(model, tmp_path):
     asset.config = dataclasses.replace(asset.config, mesh_surface=other)
     again = json.loads((asset.save(tmp_path / other) / "run.json").read_text())
     assert again["mesh"]["surface"] == other and again["mesh"]["faces"] > 0
-    assert again["mesh"]["threshold"] == pytest.approx(asset.surface_threshold) and 0 < asset.surface_threshold < 25
     import trimesh
 
     assert trimesh.load(tmp_path / other / "mesh.ply").is_watertight
