@@ -111,8 +111,9 @@ class GenerateConfig:
     def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
         """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
         shading without normals (no orientation loss), the official schedule's shape over ``steps``; the
-        mesh is the surface the renders show (``mesh_surface="rendered"``), in the box of the density level
-        whose silhouettes match the renders (``mesh_threshold="silhouette"``)."""
+        mesh is cut at the density level whose silhouettes match the renders (``mesh_threshold="silhouette"``).
+        ``mesh_surface="rendered"`` closes the meshes that level perforates, but meshes a soft field inside
+        its silhouettes (benchmarks/RESULTS.md, fifteenth session)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
@@ -121,8 +122,6 @@ class GenerateConfig:
             renderer=RendererConfig(num_samples_per_ray=48),
             normals=False,
             mesh_threshold="silhouette",  # 200 steps leave a soft density: 25 finds no surface, 5 one too small
-            # and some soft fields have no good level (a patchy shell over a core: benchmarks/RESULTS.md)
-            mesh_surface="rendered",
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
         )
 
