@@ -7,6 +7,9 @@ import sys
 
 __all__ = ["main"]
 
+# iso3d.export.MESH_SURFACES, restated so that building the parser imports no torch (a test keeps them equal).
+_MESH_SURFACES = ("density", "rendered", "hull")
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .info import collect, format_report
@@ -112,13 +115,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = args.model or default_bundle_path()
     objects = object_sampling_from_args(args, load_bundle_config(model).training_objects)
     config = EvalConfig(objects=args.objects, steps=args.steps, seed=args.seed, normals=args.normals,
-                        guidance_scale=args.guidance, object_sampling=objects, mesh_surface=args.mesh_surface)
+                        guidance_scale=args.guidance, object_sampling=objects,
+                        mesh_surface=tuple(args.mesh_surface) if args.mesh_surface else None)
     results = evaluate_methods(model, stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
-    header = f"{'method':<14}{'chamfer':>9}{'vol IoU':>9}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
+    header = f"{'method':<24}{'chamfer':>9}{'vol IoU':>9}{'mesh/NeRF':>11}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
     print(header)
     for m, r in results["mean"].items():
-        print(f"{m:<14}{r['chamfer']:>9.4f}{r['volume_iou']:>9.3f}{r['psnr']:>8.2f}{r['ssim']:>7.3f}"
+        mesh_iou = f"{r['mesh_silhouette_iou']:>11.3f}" if "mesh_silhouette_iou" in r else f"{'-':>11}"
+        print(f"{m:<24}{r['chamfer']:>9.4f}{r['volume_iou']:>9.3f}{mesh_iou}{r['psnr']:>8.2f}{r['ssim']:>7.3f}"
               f"{r['clip_similarity']:>7.3f}{r['seconds']:>9.1f}")
     print(f"-> {args.output}/results.json")
     return 0
@@ -171,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
                      help="run the VAE encode through torch.compile (latent models; a faster step after a compile "
                           "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
-    gen.add_argument("--mesh-surface", choices=["density", "rendered"], default=None,
-                     help="mesh the density level set (the release's, at 25) or the surface the renders show, "
-                          "fused from their depth along 24 directions (default: the config's)")
+    gen.add_argument("--mesh-surface", choices=_MESH_SURFACES, default=None,
+                     help="mesh the density level set (the release's, at 25), the surface the renders show "
+                          "(their depth fused along 24 directions) or the visual hull of their silhouettes "
+                          "along those directions (default: the config's)")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU), encoder retrieval and "
                              "kind/colour probes on held-out objects")
@@ -209,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--guidance", type=float, default=None,
                     help="the SDS runs' CFG scale (as iso3d generate --guidance); default: generate's (the bundle's "
                          "sds_guidance_scale, else the config's)")
-    e3.add_argument("--mesh-surface", choices=["density", "rendered"], default=None,
-                    help="the SDS runs' mesh (as iso3d generate --mesh-surface); default: the CPU config's")
+    e3.add_argument("--mesh-surface", choices=_MESH_SURFACES, nargs="+", default=None,
+                    help="the SDS runs' mesh (as iso3d generate --mesh-surface); several: each is measured on the "
+                         "same NeRFs, as METHOD@SURFACE; default: the CPU config's")
     e3.add_argument("--seed", type=int, default=0,
                     help="test objects of set SEED (0-9: disjoint sets) and, offset per object, the SDS runs' seeds")
     e3.add_argument("--device", default="auto")

@@ -67,8 +67,9 @@ class GenerateConfig:
     mesh_threshold: float | Literal["silhouette"] = 25.0
     # "density": mesh the level set density = mesh_threshold (the release). "rendered": mesh the surface
     # the renders show, fused from the depth where the opacity reaches 1/2 along 24 directions
-    # (iso3d.export.depth_fusion), inside the box of the level mesh_threshold (plus a coarse cell).
-    mesh_surface: Literal["density", "rendered"] = "density"
+    # (iso3d.export.depth_fusion). "hull": mesh the visual hull of the renders' silhouettes along those
+    # directions. Both inside the box of the level mesh_threshold (plus a coarse cell).
+    mesh_surface: Literal["density", "rendered", "hull"] = "density"
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
     grid_update_every: int = 16
@@ -98,8 +99,10 @@ class GenerateConfig:
                                                     or not isinstance(self.mesh_threshold, (int, float))
                                                     or not self.mesh_threshold > 0):
             raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
-        if self.mesh_surface not in ("density", "rendered"):
-            raise ValueError(f"GenerateConfig.mesh_surface must be 'density' or 'rendered', got {self.mesh_surface!r}")
+        from iso3d.export import MESH_SURFACES
+
+        if self.mesh_surface not in MESH_SURFACES:
+            raise ValueError(f"GenerateConfig.mesh_surface must be one of {MESH_SURFACES}, got {self.mesh_surface!r}")
         if len(self.reference_pose) != 4:
             raise ValueError(f"GenerateConfig.reference_pose must be (elevation, azimuth, distance, fovy), got {self.reference_pose}")
 
@@ -111,9 +114,10 @@ class GenerateConfig:
     def cpu_tiny(cls, steps: int = 200) -> "GenerateConfig":
         """A run that fits a 2-core CPU in a few minutes: a smaller hash grid, 48 samples per ray, albedo
         shading without normals (no orientation loss), the official schedule's shape over ``steps``; the
-        mesh is cut at the density level whose silhouettes match the renders (``mesh_threshold="silhouette"``).
-        ``mesh_surface="rendered"`` closes the meshes that level perforates, but meshes a soft field inside
-        its silhouettes (benchmarks/RESULTS.md, fifteenth session)."""
+        mesh is the visual hull of the renders' silhouettes (``mesh_surface="hull"``) inside the box of the
+        density level whose silhouettes match the renders' (``mesh_threshold="silhouette"``). That level
+        alone (``mesh_surface="density"``) perforates a patchy shell; the fused depth (``"rendered"``)
+        meshes a soft field at 0.58–0.77 of its renders' size (benchmarks/RESULTS.md, sixteenth session)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
@@ -122,6 +126,9 @@ class GenerateConfig:
             renderer=RendererConfig(num_samples_per_ray=48),
             normals=False,
             mesh_threshold="silhouette",  # 200 steps leave a soft density: 25 finds no surface, 5 one too small
+            # The silhouettes' hull: the size the renders show, closed where that level perforates a shell
+            # (benchmarks/RESULTS.md, sixteenth session).
+            mesh_surface="hull",
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
         )
 
@@ -138,7 +145,7 @@ class Asset:
     @functools.cached_property
     def surface_threshold(self) -> float:
         """The density level of the exported mesh (``mesh_surface="density"``) or of its box
-        (``"rendered"``): ``config.mesh_threshold``, resolved when it is ``"silhouette"``
+        (``"rendered"``, ``"hull"``): ``config.mesh_threshold``, resolved when it is ``"silhouette"``
         (:func:`iso3d.export.threshold.silhouette_threshold`, computed once)."""
         if self.config.mesh_threshold != "silhouette":
             return float(self.config.mesh_threshold)
@@ -262,7 +269,8 @@ def generate(
     ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     ``mesh_surface`` overrides ``config.mesh_surface``: ``"density"`` (the level set at
-    ``config.mesh_threshold``) or ``"rendered"`` (the surface the renders show, fused from their depth).
+    ``config.mesh_threshold``), ``"rendered"`` (the surface the renders show, fused from their depth) or
+    ``"hull"`` (the visual hull of the renders' silhouettes).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")

@@ -21,6 +21,7 @@ as its run shaded it (albedo for runs without normals, headlight lambertian othe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -36,7 +37,7 @@ from iso3d.data.procedural import Primitive, ProceduralObject, render_object, re
 from iso3d.io import composite_on_white, save_image_grid
 from iso3d.training.evaluate import psnr, ssim
 
-from .geometry import align, matched_fovy, volume_iou
+from .geometry import align, matched_fovy, occupancy_silhouette, volume_iou
 
 __all__ = ["EvalConfig", "METHODS", "evaluate_methods"]
 
@@ -56,9 +57,19 @@ class EvalConfig:
     iou_resolution: int = 32
     normals: str | None = None  # the SDS runs' normals (generate(normals=…)); None: cpu_tiny's (off)
     guidance_scale: float | None = None  # the SDS runs' CFG (generate(guidance_scale=…)); None: as generate's default
-    mesh_surface: str | None = None  # the SDS runs' mesh (generate(mesh_surface=…)); None: cpu_tiny's
+    # The SDS runs' mesh (generate(mesh_surface=…)); None: cpu_tiny's. Several: each is measured on the
+    # same NeRFs, reported as "METHOD@SURFACE".
+    mesh_surface: str | tuple[str, ...] | None = None
     # How the held-out objects are drawn; None: as the bundle's training objects (BundleConfig.training_objects).
     object_sampling: ObjectSampling | None = None
+
+
+_MEAN_METRICS = ("chamfer", "volume_iou", "mesh_silhouette_iou", "mesh_size_vs_renders", "psnr", "ssim",
+                 "clip_similarity", "seconds")
+
+
+def _key(method: str, surface: str | None) -> str:
+    return method if surface is None else f"{method}@{surface}"
 
 
 def _subsample(points: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,10 +80,13 @@ def _subsample(points: torch.Tensor, n: int) -> torch.Tensor:
 class _FieldAsset:
     """A generated NeRF seen through the metrics' interface."""
 
-    def __init__(self, asset, n_points: int):
+    def __init__(self, asset, n_points: int, surface: str | None = None):
         from iso3d.export import density_volume, extract_mesh
 
-        config = asset.mesh_config  # the surface the exported mesh has
+        config = asset.mesh_config  # the surface the exported mesh has, unless another is asked for
+        if surface is not None:
+            config = dataclasses.replace(config, surface=surface)
+        self.radius = config.radius
         self.asset, self.threshold, self.surface = asset, config.threshold, config.surface
         self.volume = density_volume(asset.field, config)  # what the exported mesh encloses (floaters kept)
         mesh = extract_mesh(asset.field, config, volume=self.volume)
@@ -80,6 +94,11 @@ class _FieldAsset:
 
     def occupied(self, x: torch.Tensor) -> torch.Tensor:
         return self.volume.occupied(x)
+
+    def silhouette(self, c2w: torch.Tensor, fovy: float, size: int) -> torch.Tensor:  # [V, s, s] bool
+        """What the exported surface (with its floaters) covers in the views :meth:`render` renders."""
+        rays_o, rays_d = generate_rays(c2w, torch.full((c2w.shape[0],), fovy), size, size)
+        return occupancy_silhouette(self.occupied, rays_o, rays_d, self.radius)
 
     @torch.no_grad()
     def render(self, c2w: torch.Tensor, fovy: float, size: int, ambient: float) -> torch.Tensor:  # [V, 4, s, s]
@@ -139,7 +158,7 @@ def _view_pair(truth, candidate, alignment, views, settings: RenderSettings):
     probe_fovy = math.degrees(2 * math.atan(2 * math.tan(math.radians(settings.fovy) / 2)))
     probe = candidate.render(gen_c2w, probe_fovy, settings.image_size, settings.ambient)
     fovy = matched_fovy(settings.fovy, true_rgba[:, 3], probe[:, 3], probe_fovy=probe_fovy)
-    return true_rgba, candidate.render(gen_c2w, fovy, settings.image_size, settings.ambient), fovy
+    return true_rgba, candidate.render(gen_c2w, fovy, settings.image_size, settings.ambient), gen_c2w, fovy
 
 
 def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings, encoder,
@@ -148,14 +167,20 @@ def _metrics(truth: _ProceduralAsset, candidate, views, settings: RenderSettings
     center = alignment.true_center
     true_half = float((truth.vertices - center).abs().max()) * 1.05  # a cube around the whole true shape
     iou = volume_iou(truth.occupied, candidate.occupied, alignment, true_half, resolution=iou_resolution)
-    true_rgba, gen_rgba, fovy = _view_pair(truth, candidate, alignment, views, settings)
+    true_rgba, gen_rgba, gen_c2w, fovy = _view_pair(truth, candidate, alignment, views, settings)
     true_views, gen_views = true_rgba[:, :3], gen_rgba[:, :3].clamp(0, 1)
     with torch.no_grad():
         device = next(encoder.parameters()).device
         a = F.normalize(encoder(gen_views.to(device))[:, 0].float().cpu(), dim=-1)
         b = F.normalize(encoder(true_views.to(device))[:, 0].float().cpu(), dim=-1)
+    mesh_vs_renders = {}
+    if hasattr(candidate, "silhouette"):  # a NeRF: is its mesh what its renders show?
+        mesh = candidate.silhouette(gen_c2w, fovy, settings.image_size)
+        shown = gen_rgba[:, 3] > 0.5
+        mesh_vs_renders = {"mesh_silhouette_iou": float((mesh & shown).sum() / (mesh | shown).sum().clamp(min=1)),
+                           "mesh_size_vs_renders": math.sqrt(float(mesh.sum()) / max(float(shown.sum()), 1.0))}
     return {
-        "chamfer": chamfer, "volume_iou": iou,
+        "chamfer": chamfer, "volume_iou": iou, **mesh_vs_renders,
         "psnr": float(psnr(gen_views, true_views).mean()), "ssim": float(ssim(gen_views, true_views).mean()),
         "clip_similarity": float((a * b).sum(-1).mean()), "azimuth_offset": alignment.azimuth,
         "view_fovy": fovy, "mesh_surface": getattr(candidate, "surface", None),
@@ -173,6 +198,10 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
     from iso3d.generation import GenerateConfig, generate
     from iso3d.models.bundle import MultiViewDiffusion
 
+    surfaces = (config.mesh_surface,) if config.mesh_surface is None or isinstance(config.mesh_surface, str) \
+        else tuple(config.mesh_surface)
+    if not surfaces:
+        raise ValueError("config.mesh_surface: an empty tuple; give a surface, several, or None (the run's own)")
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {METHODS}")
@@ -200,7 +229,7 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
         for method in methods:
             t0 = time.time()
             if method == "sphere":
-                candidate = _ProceduralAsset(_sphere_like(image), config.surface_points)
+                candidates = {method: lambda: _ProceduralAsset(_sphere_like(image), config.surface_points)}
             else:
                 cfg = base
                 if method == "reference_l2":
@@ -208,24 +237,27 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
                     cfg = dataclasses.replace(base, reference_loss_weight=config.reference_loss_weight, reference_pose=pose)
                 asset = generate(image, stage1 if method == "stage1" else model, config=cfg, seed=config.seed + i,
                                  device=device, progress=progress, normals=config.normals,
-                                 guidance_scale=config.guidance_scale, mesh_surface=config.mesh_surface)
+                                 guidance_scale=config.guidance_scale, mesh_surface=surfaces[0])
+                candidates = {_key(method, s if len(surfaces) > 1 else None):
+                              functools.partial(_FieldAsset, asset, config.surface_points, s) for s in surfaces}
+            for key, make in candidates.items():
                 try:
-                    candidate = _FieldAsset(asset, config.surface_points)
+                    candidate = make()
                 except ValueError as exc:  # nothing above the threshold: no surface to measure
-                    row[method] = {"error": str(exc), "seconds": time.time() - t0}
+                    row[key] = {"error": str(exc), "seconds": time.time() - t0}
                     continue
-            metrics, grid = _metrics(truth, candidate, views, settings, model.image_encoder, config.iou_resolution)
-            row[method] = {**metrics, "seconds": time.time() - t0}
-            grids.append(grid if not grids else grid[len(grid) // 2:])
+                metrics, grid = _metrics(truth, candidate, views, settings, model.image_encoder, config.iou_resolution)
+                row[key] = {**metrics, "seconds": time.time() - t0}  # a surface after the first: + its export
+                grids.append(grid if not grids else grid[len(grid) // 2:])
         results["objects"].append(row)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_image_grid(torch.cat(grids), out_dir / f"object_{i:02d}.png", columns=len(views["azimuth"]))
     results["mean"] = {}
-    for m in methods:
+    for m in dict.fromkeys(k for r in results["objects"] for k in r if k != "object_seed"):
         ok = [r[m] for r in results["objects"] if "error" not in r[m]]
-        results["mean"][m] = {k: (sum(r[k] for r in ok) / len(ok) if ok else float("nan"))
-                              for k in ("chamfer", "volume_iou", "psnr", "ssim", "clip_similarity", "seconds")}
+        names = [k for k in _MEAN_METRICS if all(k in r for r in ok)]
+        results["mean"][m] = {k: (sum(r[k] for r in ok) / len(ok) if ok else float("nan")) for k in names}
         results["mean"][m]["failed"] = len(results["objects"]) - len(ok)
     if out_dir is not None:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -16,6 +16,10 @@ view at which the generated silhouettes cover as many pixels as the true ones (:
 * Chamfer distance: ``mean_p min_g ‖p − g‖ + mean_g min_p ‖g − p‖`` over surface samples, in
   normalized units (RMS radius 1).
 * Volume IoU: occupancy on a ``resolution³`` grid over the normalized cube.
+
+Both are blind to the mesh's size (the normalization removes it). What does see it is a comparison of
+the mesh with the NeRF it was cut from: :func:`occupancy_silhouette` renders the mesh's silhouettes
+from the novel views' cameras, to be compared with the NeRF's own renders (opacity > 1/2).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Alignment", "align", "chamfer_distance", "matched_fovy", "normalization", "volume_iou"]
+__all__ = ["Alignment", "align", "chamfer_distance", "matched_fovy", "normalization", "occupancy_silhouette",
+           "volume_iou"]
 
 
 def normalization(points: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -130,3 +135,29 @@ def volume_iou(true_occupied, gen_occupied, alignment: Alignment, true_half_exte
     b = gen_occupied(alignment(x_true))
     union = (a | b).sum()
     return float((a & b).sum() / union) if union > 0 else 0.0
+
+
+@torch.no_grad()
+def occupancy_silhouette(occupied, rays_o: torch.Tensor, rays_d: torch.Tensor, radius: float,
+                         samples: int = 256, chunk: int = 1 << 20) -> torch.Tensor:
+    """Which rays ``[..., 3]`` hit an occupancy function (``[P, 3] -> [P] bool``) inside ``[−radius, radius]³``.
+
+    Each ray is probed at ``samples`` evenly spaced points between its entry into and exit from the
+    cube, so a part thinner than the cube's diagonal over ``samples`` can be missed. Returns ``[...]`` bool.
+
+    >>> o = torch.tensor([[0.0, 0.0, 3.0], [0.5, 0.0, 3.0]]); d = torch.tensor([[0.0, 0.0, -1.0]] * 2)
+    >>> occupancy_silhouette(lambda x: x.norm(dim=-1) < 0.3, o, d, radius=1.0).tolist()
+    [True, False]
+    """
+    from iso3d.nerf.renderer import ray_aabb_intersect
+
+    if rays_o.shape != rays_d.shape or rays_o.shape[-1] != 3:
+        raise ValueError(f"rays_o and rays_d must both have shape [..., 3], got {tuple(rays_o.shape)} and {tuple(rays_d.shape)}")
+    shape = rays_o.shape[:-1]
+    o, d = rays_o.reshape(-1, 3).float(), rays_d.reshape(-1, 3).float()
+    t_near, t_far, hit = ray_aabb_intersect(o, d, radius)
+    u = (torch.arange(samples, dtype=torch.float32) + 0.5) / samples
+    t = t_near[:, None] + (t_far - t_near).clamp(min=0)[:, None] * u  # [R, S]
+    points = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)
+    inside = torch.cat([occupied(c) for c in points.split(chunk)]).reshape(-1, samples)
+    return (inside.any(-1) & hit).reshape(shape)

@@ -11,8 +11,10 @@
 
 With ``surface="rendered"`` step 2 meshes, instead of the level set, the surface the field's renders
 show: the fine grid's depth where the opacity reaches 1/2, fused from 24 directions
-(:mod:`iso3d.export.depth_fusion`); the threshold then only bounds the fine box (the coarse cells
-above it, one cell wider: density outside it adds no opacity).
+(:mod:`iso3d.export.depth_fusion`). With ``surface="hull"`` it meshes the visual hull of the renders'
+silhouettes (opacity > 1/2) along the same directions: the size the renders show, concavities no view
+sees into filled. For both, the threshold only bounds the fine box (the coarse cells above it, one cell
+wider: density outside it adds no opacity).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import torch
 
 from iso3d.utils.imports import require
 
-__all__ = ["DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extract_mesh"]
+__all__ = ["MESH_SURFACES", "DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extract_mesh"]
+
+# What a mesh can be the surface of (MeshExportConfig.surface); see the module docstring.
+MESH_SURFACES = ("density", "rendered", "hull")
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,13 @@ class MeshExportConfig:
     chunk: int = 65536
     fill_cavities: bool = True
     # "density": the level set density = threshold (the release's export). "rendered": the surface the
-    # renders show (opacity 1/2 along 24 directions, fused; see the module docstring).
-    surface: Literal["density", "rendered"] = "density"
+    # renders show (opacity 1/2 along 24 directions, fused). "hull": the visual hull of the renders'
+    # silhouettes along those directions. See the module docstring.
+    surface: Literal["density", "rendered", "hull"] = "density"
 
     def __post_init__(self):
-        if self.surface not in ("density", "rendered"):
-            raise ValueError(f"MeshExportConfig.surface must be 'density' or 'rendered', got {self.surface!r}")
+        if self.surface not in MESH_SURFACES:
+            raise ValueError(f"MeshExportConfig.surface must be one of {MESH_SURFACES}, got {self.surface!r}")
 
 
 @dataclass
@@ -104,7 +110,8 @@ def _fill_cavities(occupied: torch.Tensor) -> torch.Tensor:  # [X, Y, Z] bool ->
 class DensityVolume:
     """The fine pass: densities on a grid over the fine box, padded by one empty voxel on every side,
     with enclosed cavities raised above the threshold (when ``fill_cavities``); or, for the rendered
-    surface, minus the fused signed distance, with threshold 0. Inside is ``values > threshold``."""
+    surface, minus the fused signed distance, with threshold 0; for the hull, its smallest opacity over the
+    views minus 1/2, threshold 0. Inside is ``values > threshold``."""
 
     values: np.ndarray  # [n + 2, n + 2, n + 2] float32
     lo: np.ndarray  # [3] world position of the first unpadded sample
@@ -143,6 +150,12 @@ def density_volume(field, config: MeshExportConfig = MeshExportConfig()) -> Dens
 
         sdf = fuse_rendered_depth(volume, box_lo.double().numpy() - step, step)  # the padded grid's first sample
         return DensityVolume((-sdf).numpy(), box_lo.double().numpy(), step, 0.0)
+    if config.surface == "hull":
+        from .depth_fusion import silhouette_hull
+
+        hull = silhouette_hull(volume, box_lo.double().numpy() - step, step)
+        hull[[0, -1]] = hull[:, [0, -1]] = hull[:, :, [0, -1]] = -0.5  # the empty border: the mesh closes
+        return DensityVolume(hull.numpy(), box_lo.double().numpy(), step, 0.0)
     if config.fill_cavities:
         inside = volume > config.threshold
         cavities = _fill_cavities(inside) & ~inside

@@ -185,3 +185,15 @@ def test_cli_object_sampling_defaults_come_from_the_bundle_then_object_sampling(
     assert object_sampling_from_args(args, trained) == ObjectSampling(max_primitives=1, orientation="any", scale=1.2)
     with pytest.raises(ValueError, match="max_primitives must be an int >= 1"):
         object_sampling_from_args(parser.parse_args(["eval", "--max-primitives", "0"]))
+
+
+def test_cli_mesh_surfaces_are_the_exporters():
+    from iso3d.cli import _MESH_SURFACES, build_parser
+    from iso3d.export import MESH_SURFACES
+
+    assert _MESH_SURFACES == MESH_SURFACES  # restated in the CLI so that building its parser imports no torch
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--mesh-surface", "density", "hull"]).mesh_surface == ["density", "hull"]
+    assert parser.parse_args(["generate", "x.png", "--mesh-surface", "hull"]).mesh_surface == "hull"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "x.png", "--mesh-surface", "depth"])

@@ -39,3 +39,21 @@ def test_every_method_on_one_object(tmp_path):
         evaluate_methods(model, config=config, methods=("magic",))
     with pytest.raises(ValueError, match="stage1_bundle is None"):
         evaluate_methods(model, config=config, methods=("stage1",))
+
+
+def test_several_mesh_surfaces_are_measured_on_the_same_nerf(tmp_path):
+    model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)
+    config = EvalConfig(objects=1, steps=2, input_size=32, view_size=16, surface_points=256, iou_resolution=12,
+                        mesh_surface=("density", "hull"))
+    results = evaluate_methods(model, config=config, methods=("isotropic3d", "sphere"), out=tmp_path, progress=False)
+    row = results["objects"][0]
+    assert set(row) == {"object_seed", "isotropic3d@density", "isotropic3d@hull", "sphere"}
+    assert set(results["mean"]) == {"isotropic3d@density", "isotropic3d@hull", "sphere"}
+    measured = [row[k] for k in ("isotropic3d@density", "isotropic3d@hull") if "error" not in row[k]]
+    assert measured, "a 2-step run from the blob has a surface at its silhouette level"
+    for r in measured:
+        assert 0 <= r["mesh_silhouette_iou"] <= 1 and r["mesh_size_vs_renders"] >= 0
+    assert {r["mesh_surface"] for r in measured} <= {"density", "hull"}
+    assert "mesh_silhouette_iou" not in row["sphere"]  # a procedural shape has no renders of its own to match
+    with pytest.raises(ValueError, match="config.mesh_surface: an empty tuple"):
+        evaluate_methods(model, config=EvalConfig(objects=1, mesh_surface=()), methods=("sphere",))

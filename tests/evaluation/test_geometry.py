@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iso3d.evaluation import Alignment, align, chamfer_distance, normalization, volume_iou
-from iso3d.evaluation.geometry import matched_fovy
+from iso3d.evaluation.geometry import matched_fovy, occupancy_silhouette
 
 
 def _box_surface(n=3000, half=(0.5, 0.25, 0.125), seed=0):
@@ -131,8 +131,22 @@ def test_novel_views_register_off_centre_objects():
     truth, generated = sphere((0.15, 0.1, -0.1), 0.3), sphere((-0.2, 0.05, 0.1), 0.5)
     alignment, _ = align(truth.vertices, generated.vertices)
     views = {"elevation": torch.tensor([0.0, 10.0, 20.0, 30.0]), "azimuth": torch.tensor([0.0, 90.0, 180.0, 270.0])}
-    true_rgba, gen_rgba, fovy = _view_pair(truth, generated, alignment, views, RenderSettings(image_size=48))
+    true_rgba, gen_rgba, _, fovy = _view_pair(truth, generated, alignment, views, RenderSettings(image_size=48))
     assert fovy > 40.0  # the larger sphere is zoomed out
     a, b = true_rgba[:, 3] > 0.5, gen_rgba[:, 3] > 0.5
     iou = float((a & b).sum() / (a | b).sum())
     assert iou > 0.9, iou
+
+
+def test_occupancy_silhouette_of_a_ball_is_its_disc():
+    # Parallel rays on a 64² grid over [−1, 1]²: a ball of radius 0.5 covers π·0.25 / 4 of them.
+    u = torch.linspace(-1, 1, 64)
+    xy = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1)
+    rays_o = torch.cat([xy, torch.full((64, 64, 1), 3.0)], -1)
+    rays_d = torch.tensor([0.0, 0.0, -1.0]).expand(64, 64, 3)
+    hit = occupancy_silhouette(lambda x: x.norm(dim=-1) < 0.5, rays_o, rays_d, radius=1.0)
+    assert hit.shape == (64, 64) and hit.dtype == torch.bool
+    assert float(hit.float().mean()) == pytest.approx(math.pi * 0.25 / 4, rel=0.05)
+    assert not occupancy_silhouette(lambda x: x.norm(dim=-1) < 0.5, rays_o + 2.0, rays_d, radius=1.0).any()
+    with pytest.raises(ValueError, match="rays_o and rays_d must both have shape"):
+        occupancy_silhouette(lambda x: x[:, 0] > 0, rays_o, rays_d[..., :2], radius=1.0)

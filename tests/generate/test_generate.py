@@ -51,22 +51,25 @@ def test_short_run_writes_every_output(model, tmp_path):
     # pruning only removes samples from those the grid marched
     assert len(run["marched_per_ray"]) == 4
     assert all(k <= m <= asset.config.renderer.num_samples_per_ray for k, m in zip(run["samples_per_ray"], run["marched_per_ray"]))
-    # The CPU config meshes at the silhouette-matched level: the blob-initialized field (density up to
+    # The CPU config meshes the silhouettes' hull in the box of the silhouette-matched level: the
+    # blob-initialized field (density up to
     # ~softplus(10)) renders as a ball, so there is a surface, at the level run.json records.
-    assert asset.config.mesh_threshold == "silhouette" and asset.config.mesh_surface == "density"
+    assert asset.config.mesh_threshold == "silhouette" and asset.config.mesh_surface == "hull"
     assert run["mesh"]["faces"] > 0 and run["mesh"]["threshold"] == pytest.approx(asset.surface_threshold)
     assert 0 < asset.surface_threshold < 25
     for ext in ("glb", "obj", "ply"):
         assert (tmp_path / f"mesh.{ext}").stat().st_size > 0
     assert run["mesh"]["surface"] == asset.config.mesh_surface
-    # The other surface of the same field: its run.json says which, and the mesh is closed.
-    other = "density" if asset.config.mesh_surface == "rendered" else "rendered"
-    asset.config = dataclasses.replace(asset.config, mesh_surface=other)
-    again = json.loads((asset.save(tmp_path / other) / "run.json").read_text())
-    assert again["mesh"]["surface"] == other and again["mesh"]["faces"] > 0
+    # The other surfaces of the same field: run.json says which, and each mesh is closed.
     import trimesh
 
-    assert trimesh.load(tmp_path / other / "mesh.ply").is_watertight
+    from iso3d.export import MESH_SURFACES
+
+    for other in set(MESH_SURFACES) - {asset.config.mesh_surface}:
+        asset.config = dataclasses.replace(asset.config, mesh_surface=other)
+        again = json.loads((asset.save(tmp_path / other) / "run.json").read_text())
+        assert again["mesh"]["surface"] == other and again["mesh"]["faces"] > 0
+        assert trimesh.load(tmp_path / other / "mesh.ply").is_watertight, other
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch):
@@ -122,7 +125,7 @@ def test_bad_arguments(model, tmp_path):
         generate(EXAMPLE, model, normals="sideways")
     with pytest.raises(ValueError, match="reference_loss_weight must be >= 0"):
         GenerateConfig(reference_loss_weight=-1.0)
-    with pytest.raises(ValueError, match="mesh_surface must be 'density' or 'rendered', got 'depth'"):
+    with pytest.raises(ValueError, match=r"mesh_surface must be one of \('density', 'rendered', 'hull'\), got 'depth'"):
         generate(EXAMPLE, model, mesh_surface="depth")
     with pytest.raises(ValueError, match="reference_pose must be"):
         GenerateConfig(reference_pose=(0.0, 0.0))
