@@ -52,8 +52,8 @@ def test_short_run_writes_every_output(model, tmp_path):
     assert len(run["marched_per_ray"]) == 4
     assert all(k <= m <= asset.config.renderer.num_samples_per_ray for k, m in zip(run["samples_per_ray"], run["marched_per_ray"]))
     # The CPU config meshes the silhouettes' hull in the box of the silhouette-matched level: the
-    # blob-initialized field (density up to
-    # ~softplus(10)) renders as a ball, so there is a surface, at the level run.json records.
+    # blob-initialized field (density up to ~softplus(10)) renders as a ball, so there is a surface, in
+    # the box of the level run.json records.
     assert asset.config.mesh_threshold == "silhouette" and asset.config.mesh_surface == "hull"
     assert run["mesh"]["faces"] > 0 and run["mesh"]["threshold"] == pytest.approx(asset.surface_threshold)
     assert 0 < asset.surface_threshold < 25
