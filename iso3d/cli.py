@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
 # iso3d.export.MESH_SURFACES, restated so that building the parser imports no torch (a test keeps them equal).
 _MESH_SURFACES = ("density", "rendered", "hull")
+_MESH_THRESHOLD_HELP = ("the density level of the mesh (surface 'density') or of its box ('rendered', 'hull'): a "
+                        "density (the release's 25, for a converged field) or 'silhouette', the level whose surface "
+                        "has the renders' silhouettes (for short runs' soft fields; default: the config's, 25 on GPU)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -62,17 +67,55 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                      resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
-                     guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface)
+                     guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface,
+                     mesh_threshold=args.mesh_threshold)
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
+    return _report_mesh(json.loads((Path(args.output) / "run.json").read_text()))
+
+
+def _report_mesh(run: dict) -> int:
+    mesh = run.get("mesh", {})
+    if "error" in mesh:
+        print(f"no mesh: {mesh['error']}", file=sys.stderr)
+        if "no density above the threshold" in mesh["error"]:
+            print("the rest is saved; mesh the level the renders show without optimizing again: "
+                  "iso3d export OUTPUT -o OUTPUT_MESH --mesh-threshold silhouette", file=sys.stderr)
+        return 1
+    print(f"mesh: {mesh['faces']} faces, surface {mesh['surface']!r} (density level {mesh['threshold']:.3g})")
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .generation import Asset
+
+    asset = Asset.load(args.run, device=_resolve_device(args.device))
+    changes = {k: v for k, v in (("mesh_surface", args.mesh_surface), ("mesh_threshold", args.mesh_threshold))
+               if v is not None}
+    asset.config = dataclasses.replace(asset.config, **changes)  # validated by GenerateConfig
+    asset.run["exported_from"] = str(args.run)
+    asset.save(args.output)
+    print(f"re-exported {args.run} to {args.output}: mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, "
+          "field.pt, run.json")
+    return _report_mesh(json.loads((Path(args.output) / "run.json").read_text()))
+
+
+def _mesh_threshold(text: str) -> float | str:
+    """``--mesh-threshold``: a positive density or ``silhouette``."""
+    if text == "silhouette":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive density or 'silhouette', got {text!r}")
+    return value
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from pathlib import Path
-
     from .data import MultiViewDataset, RenderSettings
     from .models.bundle import MultiViewDiffusion
     from .training.cli import object_sampling_from_args
@@ -119,11 +162,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                         mesh_surface=tuple(args.mesh_surface) if args.mesh_surface else None)
     results = evaluate_methods(model, stage1_bundle=args.stage1_model, config=config,
                                methods=methods, out=args.output, device=_resolve_device(args.device))
-    header = f"{'method':<24}{'chamfer':>9}{'vol IoU':>9}{'mesh/NeRF':>11}{'PSNR':>8}{'SSIM':>7}{'CLIP':>7}{'s/asset':>9}"
+    # mesh/NeRF: the mesh's silhouettes against the NeRF's renders (IoU, and size: 1 = the renders')
+    header = (f"{'method':<24}{'chamfer':>9}{'vol IoU':>9}{'mesh/NeRF IoU':>15}{'size':>6}{'PSNR':>8}{'SSIM':>7}"
+              f"{'CLIP':>7}{'s/asset':>9}")
     print(header)
     for m, r in results["mean"].items():
-        mesh_iou = f"{r['mesh_silhouette_iou']:>11.3f}" if "mesh_silhouette_iou" in r else f"{'-':>11}"
-        print(f"{m:<24}{r['chamfer']:>9.4f}{r['volume_iou']:>9.3f}{mesh_iou}{r['psnr']:>8.2f}{r['ssim']:>7.3f}"
+        versus = (f"{r['mesh_silhouette_iou']:>15.3f}{r['mesh_size_vs_renders']:>6.2f}" if "mesh_silhouette_iou" in r
+                  else f"{'-':>15}{'-':>6}")
+        print(f"{m:<24}{r['chamfer']:>9.4f}{r['volume_iou']:>9.3f}{versus}{r['psnr']:>8.2f}{r['ssim']:>7.3f}"
               f"{r['clip_similarity']:>7.3f}{r['seconds']:>9.1f}")
     print(f"-> {args.output}/results.json")
     return 0
@@ -180,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mesh the density level set (the release's, at 25), the surface the renders show "
                           "(their depth fused along 24 directions) or the visual hull of their silhouettes "
                           "along those directions (default: the config's)")
+    gen.add_argument("--mesh-threshold", type=_mesh_threshold, default=None, metavar="DENSITY|silhouette",
+                     help=_MESH_THRESHOLD_HELP)
+    exp = sub.add_parser("export", help="re-export a saved asset (the folder of iso3d generate -o) with another mesh "
+                                        "surface or level, without optimizing again")
+    exp.add_argument("run", help="the folder iso3d generate wrote (its field.pt and run.json)")
+    exp.add_argument("-o", "--output", required=True,
+                     help="output folder (the same files as generate's; the run's own folder is overwritten if named)")
+    exp.add_argument("--mesh-surface", choices=_MESH_SURFACES, default=None, help="as generate's (default: the run's)")
+    exp.add_argument("--mesh-threshold", type=_mesh_threshold, default=None, metavar="DENSITY|silhouette",
+                     help=_MESH_THRESHOLD_HELP + " (default: the run's)")
+    exp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev = sub.add_parser("eval-model", aliases=["evaluate"],
                         help="diffusion model: view fidelity (PSNR/SSIM/silhouette IoU), encoder retrieval and "
                              "kind/colour probes on held-out objects")
@@ -230,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"info": _cmd_info, "selftest": _cmd_selftest, "views": _cmd_views, "train": _cmd_train,
-                "generate": _cmd_generate, "evaluate": _cmd_evaluate, "eval-model": _cmd_evaluate, "eval": _cmd_eval}
+                "generate": _cmd_generate, "export": _cmd_export, "evaluate": _cmd_evaluate, "eval-model": _cmd_evaluate, "eval": _cmd_eval}
     return handlers[args.command](args)
 
 

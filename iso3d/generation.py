@@ -16,7 +16,6 @@ a non-finite loss stops with ``FloatingPointError`` and keeps the last good chec
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import platform
@@ -30,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iso3d.cameras import SDSViewConfig, camera_embedding, generate_rays, sample_sds_views
+from iso3d.export.mesh import MESH_SURFACES, MeshSurface
 from iso3d.io import load_image, save_image_grid
 from iso3d.kernels.hash_grid import HashGridConfig
 from iso3d.models.bundle import MultiViewDiffusion
@@ -69,7 +69,7 @@ class GenerateConfig:
     # the renders show, fused from the depth where the opacity reaches 1/2 along 24 directions
     # (iso3d.export.depth_fusion). "hull": mesh the visual hull of the renders' silhouettes along those
     # directions. Both inside the box of the level mesh_threshold (plus a coarse cell).
-    mesh_surface: Literal["density", "rendered", "hull"] = "density"
+    mesh_surface: MeshSurface = "density"
     albedo_only_fraction: float = 0.5
     checkpoint_every: int = 100
     grid_update_every: int = 16
@@ -99,8 +99,6 @@ class GenerateConfig:
                                                     or not isinstance(self.mesh_threshold, (int, float))
                                                     or not self.mesh_threshold > 0):
             raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
-        from iso3d.export import MESH_SURFACES
-
         if self.mesh_surface not in MESH_SURFACES:
             raise ValueError(f"GenerateConfig.mesh_surface must be one of {MESH_SURFACES}, got {self.mesh_surface!r}")
         if len(self.reference_pose) != 4:
@@ -141,17 +139,20 @@ class Asset:
     renderer: VolumeRenderer
     config: GenerateConfig
     run: dict
+    _silhouette_level: float | None = dc_field(default=None, init=False, repr=False, compare=False)
 
-    @functools.cached_property
+    @property
     def surface_threshold(self) -> float:
         """The density level of the exported mesh (``mesh_surface="density"``) or of its box
         (``"rendered"``, ``"hull"``): ``config.mesh_threshold``, resolved when it is ``"silhouette"``
-        (:func:`iso3d.export.threshold.silhouette_threshold`, computed once)."""
+        (:func:`iso3d.export.threshold.silhouette_threshold`, computed once: the field is final)."""
         if self.config.mesh_threshold != "silhouette":
             return float(self.config.mesh_threshold)
-        from iso3d.export.threshold import silhouette_threshold
+        if self._silhouette_level is None:
+            from iso3d.export.threshold import silhouette_threshold
 
-        return silhouette_threshold(self.field, radius=self.config.field.radius)
+            self._silhouette_level = silhouette_threshold(self.field, radius=self.config.field.radius)
+        return self._silhouette_level
 
     @property
     def mesh_config(self):
@@ -175,6 +176,32 @@ class Asset:
             out = self.renderer.eval()(self.field, o.reshape(-1, 3), d.reshape(-1, 3))
             frames.append(out.rgb.reshape(size, size, 3).permute(2, 0, 1).cpu())
         return torch.stack(frames)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "Asset":
+        """The asset that :meth:`save` (``iso3d generate -o FOLDER``) wrote: its field and config from
+        ``field.pt``, its record from ``run.json`` when there is one. The renderer starts without its
+        occupancy grid (it samples densely until :meth:`VolumeRenderer.update_occupancy`).
+
+        >>> asset = Asset.load("out/demo")  # doctest: +SKIP
+        >>> asset.config = dataclasses.replace(asset.config, mesh_surface="density")  # doctest: +SKIP
+        >>> asset.save("out/demo_density")  # doctest: +SKIP
+        """
+        from iso3d.utils.dataclass_dict import dataclass_from_dict
+
+        folder = Path(folder)
+        path = folder / "field.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"Asset.load: no field.pt in {folder} (expected a folder written by iso3d generate -o)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"field", "config"} <= set(state):
+            raise ValueError(f"Asset.load: {path} is not an asset's field.pt (expected the keys 'field' and 'config')")
+        config = dataclass_from_dict(GenerateConfig, state["config"])
+        device = torch.device(device or "cpu")
+        field = ImplicitVolume(config.field)
+        field.load_state_dict(state["field"])
+        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        return cls(field.to(device).eval(), VolumeRenderer(config.renderer).to(device).eval(), config, run)
 
     def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
         """Write mesh.{glb,obj,ply}, turntable.gif (+ .mp4 with imageio-ffmpeg), views.png, field.pt, run.json."""
@@ -253,6 +280,7 @@ def generate(
     guidance_scale: float | None = None,
     compile_vae: bool | None = None,
     mesh_surface: str | None = None,
+    mesh_threshold: float | str | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -270,7 +298,9 @@ def generate(
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     ``mesh_surface`` overrides ``config.mesh_surface``: ``"density"`` (the level set at
     ``config.mesh_threshold``), ``"rendered"`` (the surface the renders show, fused from their depth) or
-    ``"hull"`` (the visual hull of the renders' silhouettes).
+    ``"hull"`` (the visual hull of the renders' silhouettes). ``mesh_threshold`` overrides
+    ``config.mesh_threshold``: a density (the release's 25) or ``"silhouette"`` (the level whose
+    surface has the renders' silhouettes; a short run's soft field may have nothing above 25).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
@@ -300,6 +330,8 @@ def generate(
         config = dataclasses.replace(config, compile_vae=compile_vae)
     if mesh_surface is not None:
         config = dataclasses.replace(config, mesh_surface=mesh_surface)  # validated by GenerateConfig
+    if mesh_threshold is not None:
+        config = dataclasses.replace(config, mesh_threshold=mesh_threshold)  # validated by GenerateConfig
     if normals is not None:
         normal_type = _NORMAL_TYPES.get(normals, config.field.normal_type)
         config = dataclasses.replace(config, normals=normals != "off",

@@ -61,6 +61,8 @@ def test_all_names_exist(module):
         "iso3d.pipelines.multiview",
         "iso3d.export.depth_fusion",
         "iso3d.export.threshold",
+        "iso3d.utils.dataclass_dict",
+        "iso3d.evaluation.geometry",
     ],
 )
 def test_docstring_examples_run(module):

@@ -202,6 +202,11 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
         else tuple(config.mesh_surface)
     if not surfaces:
         raise ValueError("config.mesh_surface: an empty tuple; give a surface, several, or None (the run's own)")
+    from iso3d.export import MESH_SURFACES, EmptySurfaceError
+
+    unknown_surfaces = [s for s in surfaces if s is not None and s not in MESH_SURFACES]
+    if unknown_surfaces or (None in surfaces and len(surfaces) > 1):
+        raise ValueError(f"config.mesh_surface: expected None or surfaces from {MESH_SURFACES}, got {config.mesh_surface!r}")
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {METHODS}")
@@ -228,6 +233,7 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
         row, grids = {"object_seed": sample.object_seed}, []
         for method in methods:
             t0 = time.time()
+            made = 0.0  # the SDS run's seconds, counted for each of its surfaces
             if method == "sphere":
                 candidates = {method: lambda: _ProceduralAsset(_sphere_like(image), config.surface_points)}
             else:
@@ -238,16 +244,18 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
                 asset = generate(image, stage1 if method == "stage1" else model, config=cfg, seed=config.seed + i,
                                  device=device, progress=progress, normals=config.normals,
                                  guidance_scale=config.guidance_scale, mesh_surface=surfaces[0])
+                made = time.time() - t0
                 candidates = {_key(method, s if len(surfaces) > 1 else None):
                               functools.partial(_FieldAsset, asset, config.surface_points, s) for s in surfaces}
             for key, make in candidates.items():
+                t1 = time.time()
                 try:
                     candidate = make()
-                except ValueError as exc:  # nothing above the threshold: no surface to measure
-                    row[key] = {"error": str(exc), "seconds": time.time() - t0}
+                except EmptySurfaceError as exc:  # nothing above the level, or nothing visible: no surface to measure
+                    row[key] = {"error": str(exc), "seconds": made + time.time() - t1}
                     continue
                 metrics, grid = _metrics(truth, candidate, views, settings, model.image_encoder, config.iou_resolution)
-                row[key] = {**metrics, "seconds": time.time() - t0}  # a surface after the first: + its export
+                row[key] = {**metrics, "seconds": made + time.time() - t1}  # the run, this surface's export and metrics
                 grids.append(grid if not grids else grid[len(grid) // 2:])
         results["objects"].append(row)
         if out_dir is not None:

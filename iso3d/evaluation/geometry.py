@@ -149,15 +149,12 @@ def occupancy_silhouette(occupied, rays_o: torch.Tensor, rays_d: torch.Tensor, r
     >>> occupancy_silhouette(lambda x: x.norm(dim=-1) < 0.3, o, d, radius=1.0).tolist()
     [True, False]
     """
-    from iso3d.nerf.renderer import ray_aabb_intersect
+    from iso3d.nerf.renderer import box_midpoints
 
     if rays_o.shape != rays_d.shape or rays_o.shape[-1] != 3:
         raise ValueError(f"rays_o and rays_d must both have shape [..., 3], got {tuple(rays_o.shape)} and {tuple(rays_d.shape)}")
     shape = rays_o.shape[:-1]
     o, d = rays_o.reshape(-1, 3).float(), rays_d.reshape(-1, 3).float()
-    t_near, t_far, hit = ray_aabb_intersect(o, d, radius)
-    u = (torch.arange(samples, dtype=torch.float32) + 0.5) / samples
-    t = t_near[:, None] + (t_far - t_near).clamp(min=0)[:, None] * u  # [R, S]
-    points = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)
-    inside = torch.cat([occupied(c) for c in points.split(chunk)]).reshape(-1, samples)
+    points, _, hit = box_midpoints(o, d, radius, samples)
+    inside = torch.cat([occupied(c) for c in points.reshape(-1, 3).split(chunk)]).reshape(-1, samples)
     return (inside.any(-1) & hit).reshape(shape)

@@ -1,4 +1,4 @@
-"""The surface a NeRF's renders show, fused from its depth along many directions (a TSDF).
+"""The surfaces a NeRF's renders show, from many directions: their depth fused (a TSDF), and their silhouettes' visual hull.
 
 A density level set is the surface only of a field whose density jumps there. A short run leaves a
 soft field, and some soft fields have no good level: the fourteenth session's evaluation found a
@@ -15,6 +15,9 @@ surface); a ray that never reaches 1/2 sees free space all along. Distances are 
 The mean over the views that see a voxel is a truncated signed distance (Curless and Levoy 1996). A
 voxel no view sees lies behind the surface in every direction, hence inside. Marching cubes at 0 gives
 the mesh. Each view is orthographic: cameras at infinity.
+
+:func:`silhouette_hull` uses the same views for the visual hull of the renders' silhouettes: the
+points whose ray, in every view, has an opacity above 1/2 (see its docstring).
 
 The views come from a few rotations of the grid (default 5), each giving 6 axis-aligned
 directions: 30 views along 24 distinct directions (a 45° turn about an axis keeps that axis, so
@@ -155,30 +158,32 @@ def fuse_rendered_depth(density: torch.Tensor, lo, step, *, truncation: float | 
 def silhouette_hull(density: torch.Tensor, lo, step, *, rotations=VIEW_ROTATIONS, max_size: int = 160) -> torch.Tensor:
     """The visual hull of a density grid's rendered silhouettes: the points every view sees as covered.
 
-    Args: as :func:`fuse_rendered_depth`.
+    Args: ``density``, ``lo``, ``step``, ``rotations`` and ``max_size`` as :func:`fuse_rendered_depth`'s.
 
     Returns:
         ``[X, Y, Z]`` float32 in ``[−1/2, 1/2]``: over the views, the smallest opacity ``1 − exp(−∫σ ds)``
         of the ray through the voxel, minus 1/2. Positive inside the hull; marching cubes at 0 meshes it.
 
     Each view is orthographic, so a view's silhouette is a 2D opacity map swept along its axis, and the
-    hull is where every swept map exceeds 1/2. Its silhouettes along those directions are the renders'
-    whatever the field's softness (the level set and the fused depth of a soft field lie inside them),
-    so it has the size the renders show; but it cannot hold a concavity no view sees into (the inside
-    of a cup), which it fills.
+    hull is where every swept map exceeds 1/2. Its silhouettes along those directions lie inside the
+    renders', and equal them where the renders' silhouettes are consistent (one solid could cast them
+    all, as a ball's or any convex field's can). So it has the size the renders show, where the level set
+    and the fused depth of a soft field lie inside it; but it fills a concavity no view sees into (the
+    inside of a cup), and a field whose views disagree (a thin rod, opaque only end-on) loses what
+    some view does not cover.
 
-    A uniform ball of density 40 and radius 0.5 is covered out to the impact parameter ``b`` at which
-    the chord's optical depth ``40·2·√(0.5² − b²)`` reaches ``ln 2``:
+    A uniform ball of density 1 and radius 0.5 is covered out to the impact parameter ``b`` at which
+    the chord's optical depth ``2·√(0.5² − b²)`` reaches ``ln 2``, ``b ≈ 0.360`` (not the ball's 0.5):
 
         >>> import math, torch
         >>> n = 49
         >>> axis = torch.linspace(-0.8, 0.8, n, dtype=torch.float64)
         >>> x = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
-        >>> hull = silhouette_hull(40.0 * (x.norm(dim=-1) < 0.5).float(), [-0.8] * 3, [1.6 / (n - 1)] * 3)
+        >>> hull = silhouette_hull((x.norm(dim=-1) < 0.5).float(), [-0.8] * 3, [1.6 / (n - 1)] * 3)
         >>> line = hull[n // 2:, n // 2, n // 2]  # x = 0 … 0.8
         >>> i = int((line > 0).sum()) - 1  # the last sample inside
         >>> edge = float(axis[n // 2 + i] + line[i] / (line[i] - line[i + 1]) * (1.6 / (n - 1)))
-        >>> abs(edge - math.sqrt(0.25 - (math.log(2) / 80) ** 2)) < 1.6 / (n - 1)
+        >>> abs(edge - math.sqrt(0.25 - (math.log(2) / 2) ** 2)) < 0.5 * 1.6 / (n - 1)
         True
     """
     density, lo, step = _checked(density, lo, step, "silhouette_hull")

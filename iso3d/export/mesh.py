@@ -19,6 +19,7 @@ wider: density outside it adds no opacity).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -28,10 +29,16 @@ import torch
 
 from iso3d.utils.imports import require
 
-__all__ = ["MESH_SURFACES", "DensityVolume", "Mesh", "MeshExportConfig", "density_volume", "extract_mesh"]
+__all__ = ["MESH_SURFACES", "MeshSurface", "DensityVolume", "EmptySurfaceError", "Mesh", "MeshExportConfig",
+           "density_volume", "extract_mesh"]
 
 # What a mesh can be the surface of (MeshExportConfig.surface); see the module docstring.
-MESH_SURFACES = ("density", "rendered", "hull")
+MeshSurface = Literal["density", "rendered", "hull"]
+MESH_SURFACES: tuple[str, ...] = typing.get_args(MeshSurface)
+
+
+class EmptySurfaceError(ValueError):
+    """The field has no surface to mesh (nothing above the level, nothing visible, or no crossing)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class MeshExportConfig:
     # "density": the level set density = threshold (the release's export). "rendered": the surface the
     # renders show (opacity 1/2 along 24 directions, fused). "hull": the visual hull of the renders'
     # silhouettes along those directions. See the module docstring.
-    surface: Literal["density", "rendered", "hull"] = "density"
+    surface: MeshSurface = "density"
 
     def __post_init__(self):
         if self.surface not in MESH_SURFACES:
@@ -136,7 +143,7 @@ def density_volume(field, config: MeshExportConfig = MeshExportConfig()) -> Dens
     coarse = _evaluate(field.density, _grid(lo, hi, config.coarse_resolution), config.chunk, device)
     occupied = (coarse > config.threshold).nonzero()
     if occupied.numel() == 0:
-        raise ValueError(f"extract_mesh: no density above the threshold {config.threshold} inside [-{r}, {r}]^3: "
+        raise EmptySurfaceError(f"extract_mesh: no density above the threshold {config.threshold} inside [-{r}, {r}]^3: "
                          "the field is empty (did the optimization diverge or stop too early?)")
     cell = 2 * r / (config.coarse_resolution - 1)
     box_lo = (lo + (occupied.amin(0) - 1).float() * cell).clamp(min=-r)
@@ -175,7 +182,7 @@ def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), volume: D
     grid = volume if volume is not None else density_volume(field, config)
     verts, faces = mcubes.marching_cubes(grid.values, grid.threshold)  # the level its cavities were filled for
     if len(faces) == 0:
-        raise ValueError("extract_mesh: marching cubes found no surface in the fine box")
+        raise EmptySurfaceError("extract_mesh: marching cubes found no surface in the fine box")
     verts = (verts - 1) * grid.step + grid.lo
     mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=True)
     parts = mesh.split(only_watertight=False)

@@ -21,6 +21,8 @@ import torch
 
 from iso3d.cameras import camera_to_world, generate_rays
 
+from .mesh import EmptySurfaceError
+
 __all__ = ["silhouette_threshold"]
 
 
@@ -55,7 +57,8 @@ def silhouette_threshold(field, *, radius: float = 1.0, n_views: int = 8, size: 
     cells, so its opacity of a very soft field is slightly below ``1 − exp(−∫σ)`` (about 5 % of the
     integral for the example's ball).
 
-    Raises ``ValueError`` if no ray's opacity reaches 1/2 (nothing visible to mesh).
+    Raises :class:`~iso3d.export.mesh.EmptySurfaceError` (a ``ValueError``) if no ray's opacity
+    reaches 1/2 (nothing visible to mesh).
     """
     for name, value in (("n_views", n_views), ("size", size), ("samples", samples), ("chunk", chunk)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -64,7 +67,7 @@ def silhouette_threshold(field, *, radius: float = 1.0, n_views: int = 8, size: 
             raise ValueError(f"silhouette_threshold: {name} must be >= 1, got {value}")
     if not radius > 0:
         raise ValueError(f"silhouette_threshold: radius must be positive, got {radius}")
-    from iso3d.nerf.renderer import ray_aabb_intersect
+    from iso3d.nerf.renderer import box_midpoints
 
     from .mesh import _evaluate
 
@@ -78,15 +81,12 @@ def silhouette_threshold(field, *, radius: float = 1.0, n_views: int = 8, size: 
     c2w = camera_to_world(30.0 * (index % 2), 360.0 * index / n_views, torch.full((n_views,), distance))
     rays_o, rays_d = generate_rays(c2w, torch.full((n_views,), fovy), size, size)
     rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
-    t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, radius)
-    rays_o, rays_d, t_near, t_far = rays_o[hit], rays_d[hit], t_near[hit], t_far[hit]
-    u = (torch.arange(samples, dtype=torch.float32) + 0.5) / samples
-    t = t_near[:, None] + (t_far - t_near)[:, None] * u  # [R, S] midpoints
-    sigma = _evaluate(field.density, rays_o[:, None] + t[..., None] * rays_d[:, None], chunk, device)  # [R, S]
+    points, spacing, hit = box_midpoints(rays_o, rays_d, radius, samples)
+    sigma = _evaluate(field.density, points[hit], chunk, device)  # [R, S]
     peak = sigma.amax(-1)
-    optical_depth = sigma.sum(-1) * (t_far - t_near) / samples * rays_d.norm(dim=-1)  # ∫σ ds
+    optical_depth = sigma.sum(-1) * spacing[hit]  # ∫σ ds
     k = int((optical_depth > math.log(2)).sum())  # opacity 1 − exp(−depth) > 1/2
     if k == 0:
-        raise ValueError("silhouette_threshold: no ray's opacity reaches 1/2: the field shows nothing to mesh")
+        raise EmptySurfaceError("silhouette_threshold: no ray's opacity reaches 1/2: the field shows nothing to mesh")
     ordered = peak.sort(descending=True).values
     return float(ordered[k - 1] + ordered[k]) / 2 if k < len(ordered) else float(ordered[-1]) / 2

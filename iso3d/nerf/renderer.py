@@ -95,6 +95,21 @@ def ray_aabb_intersect(
     return t_near, t_far, t_far > t_near
 
 
+def box_midpoints(
+    rays_o: torch.Tensor,  # [R, 3]
+    rays_d: torch.Tensor,  # [R, 3]
+    radius: float,
+    samples: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # points [R, S, 3]; spacing: [R]; hit: [R] bool
+    """The midpoints of ``samples`` equal parts of each ray's segment inside ``[−radius, radius]³``, and
+    the world distance between them (``∫f ds ≈ spacing · Σ f(points)``; 0 for rays that miss)."""
+    t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, radius)
+    length = (t_far - t_near).clamp(min=0)
+    u = (torch.arange(samples, dtype=rays_o.dtype, device=rays_o.device) + 0.5) / samples
+    t = t_near[:, None] + length[:, None] * u
+    return rays_o[:, None] + t[..., None] * rays_d[:, None], length / samples * rays_d.norm(dim=-1), hit
+
+
 class VolumeRenderer(nn.Module):
     """Renders an :class:`ImplicitVolume` along rays (see module docstring).
 

@@ -152,6 +152,43 @@ def test_generate_cli(tmp_path):
     assert config["normals"] is True and config["field"]["normal_type"] == "analytic"
     assert config["cuda_graph"] is False and config["compile_vae"] is True
 
+    # Re-export the saved asset: another surface at the matched level; the release's 25, which a 2-step
+    # field does not reach, fails with exit code 1 and says how to get a mesh, keeping the rest.
+    from iso3d.cli import main
+
+    assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "density"), "--mesh-surface", "density",
+                 "--mesh-threshold", "silhouette", "--device", "cpu"]) == 0
+    run = json.loads((tmp_path / "density" / "run.json").read_text())
+    assert run["mesh"]["surface"] == "density" and run["mesh"]["faces"] > 0
+    assert run["exported_from"] == str(tmp_path / "out") and run["steps"] == 2
+    assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "at25"), "--mesh-surface", "density",
+                 "--mesh-threshold", "25"]) == 1
+    assert "no density above the threshold 25" in json.loads((tmp_path / "at25" / "run.json").read_text())["mesh"]["error"]
+    assert (tmp_path / "at25" / "turntable.gif").exists()
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "x"), "--mesh-threshold", "-1"])
+
+
+def test_a_saved_asset_loads_as_it_was(model, tmp_path):
+    from iso3d.generation import Asset
+
+    asset = generate(EXAMPLE, model, config=_config(2), seed=3, out=tmp_path, progress=False, mesh_threshold=4.0)
+    loaded = Asset.load(tmp_path)
+    assert loaded.config == asset.config and loaded.config.mesh_threshold == 4.0
+    assert loaded.run["steps"] == 2 and loaded.run["losses"] == asset.run["losses"]
+    x = torch.rand(64, 3) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.field.density(x), asset.field.density(x))
+    with pytest.raises(FileNotFoundError, match="Asset.load: no field.pt in"):
+        Asset.load(tmp_path / "missing")
+    torch.save({"weights": {}}, tmp_path / "other" / "field.pt") if (tmp_path / "other").mkdir() is None else None
+    with pytest.raises(ValueError, match="is not an asset's field.pt"):
+        Asset.load(tmp_path / "other")
+    with pytest.raises(ValueError, match="GenerateConfig: unknown keys \\['colour'\\]"):
+        from iso3d.utils.dataclass_dict import dataclass_from_dict
+
+        dataclass_from_dict(GenerateConfig, {"steps": 3, "colour": "red"})
+
 
 @pytest.mark.parametrize("normals, normal_type", [("forward", "forward_difference"), ("analytic", "analytic")])
 def test_normals_option_selects_the_field_normals(model, normals, normal_type):
