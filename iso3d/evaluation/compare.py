@@ -193,7 +193,8 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
     """Run each method on ``config.objects`` held-out objects; returns per-object and mean metrics.
 
     ``bundle``/``stage1_bundle``: :class:`MultiViewDiffusion` or bundle folders. ``out`` receives
-    ``results.json`` and one image per object (rows: truth, then each method's novel views).
+    ``results.json`` and one image per object (rows: truth, then each method's novel views, turned by
+    the alignment of its first mesh surface).
     """
     from iso3d.generation import GenerateConfig, generate
     from iso3d.models.bundle import MultiViewDiffusion
@@ -256,7 +257,8 @@ def evaluate_methods(bundle, *, stage1_bundle=None, config: EvalConfig = EvalCon
                     continue
                 metrics, grid = _metrics(truth, candidate, views, settings, model.image_encoder, config.iou_resolution)
                 row[key] = {**metrics, "seconds": made + time.time() - t1}  # the run, this surface's export and metrics
-                grids.append(grid if not grids else grid[len(grid) // 2:])
+                if key == next(iter(candidates)):  # one row per method: its first surface's alignment
+                    grids.append(grid if not grids else grid[len(grid) // 2:])
         results["objects"].append(row)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
