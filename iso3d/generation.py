@@ -180,8 +180,9 @@ class Asset:
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "Asset":
         """The asset that :meth:`save` (``iso3d generate -o FOLDER``) wrote: its field and config from
-        ``field.pt``, its record from ``run.json`` when there is one. The renderer starts without its
-        occupancy grid (it samples densely until :meth:`VolumeRenderer.update_occupancy`).
+        ``field.pt``, its record from ``run.json`` when there is one, and the renderer's occupancy grid
+        from ``checkpoint.pt`` when that is of the same step (else the renderer samples densely until
+        :meth:`VolumeRenderer.update_occupancy`).
 
         >>> asset = Asset.load("out/demo")  # doctest: +SKIP
         >>> asset.config = dataclasses.replace(asset.config, mesh_surface="density")  # doctest: +SKIP
@@ -201,7 +202,12 @@ class Asset:
         field = ImplicitVolume(config.field)
         field.load_state_dict(state["field"])
         run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-        return cls(field.to(device).eval(), VolumeRenderer(config.renderer).to(device).eval(), config, run)
+        renderer = VolumeRenderer(config.renderer).to(device).eval()
+        if (folder / CHECKPOINT).is_file():
+            saved = torch.load(folder / CHECKPOINT, map_location=device, weights_only=True)
+            if saved.get("step") == run.get("steps"):  # the final checkpoint: its grid is the field's
+                renderer.load_occupancy_state(saved.get("grid"), device)
+        return cls(field.to(device).eval(), renderer, config, run)
 
     def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
         """Write mesh.{glb,obj,ply}, turntable.gif (+ .mp4 with imageio-ffmpeg), views.png, field.pt, run.json."""
@@ -359,11 +365,7 @@ def generate(
         state = torch.load(out_dir / CHECKPOINT, map_location=device, weights_only=False)
         fld.load_state_dict(state["field"])
         optim.load_state_dict(state["optimizer"])
-        if state["grid"] is not None:
-            est = renderer.estimator(device)
-            est.occs.copy_(state["grid"]["occs"])
-            est.binaries.copy_(state["grid"]["binaries"])
-            renderer.grid_ready = True
+        renderer.load_occupancy_state(state["grid"], device)
         step, losses = state["step"], state["losses"]
         step_seconds, samples_per_ray = state.get("step_seconds", []), state.get("samples_per_ray", [])
         # checkpoints older than this record: unknown (None) for their steps, so index i stays step i
@@ -373,10 +375,9 @@ def generate(
         if out_dir is None:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        est = renderer._estimator
-        grid = {"occs": est.occs.clone(), "binaries": est.binaries.clone()} if renderer.grid_ready else None
         tmp = out_dir / (CHECKPOINT + ".tmp")
-        torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": grid, "step": step,
+        torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
+                    "step": step,
                     "losses": losses, "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,
                     "marched_per_ray": marched_per_ray, "seed": seed}, tmp)
         tmp.replace(out_dir / CHECKPOINT)

@@ -141,6 +141,21 @@ class VolumeRenderer(nn.Module):
             ).to(device)
         return self._estimator
 
+    def occupancy_state(self) -> dict | None:
+        """The occupancy grid (``{"occs": [N], "binaries": [1, n, n, n]}``, copies), None before its first update."""
+        if not self.grid_ready:
+            return None
+        return {"occs": self._estimator.occs.clone(), "binaries": self._estimator.binaries.clone()}
+
+    def load_occupancy_state(self, state: dict | None, device: torch.device) -> None:
+        """Restore what :meth:`occupancy_state` returned (None: leave the grid as it is)."""
+        if state is None:
+            return
+        estimator = self.estimator(device)
+        estimator.occs.copy_(state["occs"])
+        estimator.binaries.copy_(state["binaries"])
+        self.grid_ready = True
+
     @torch.no_grad()
     def update_occupancy(self, field: ImplicitVolume, step: int, *, every: int | None = None) -> None:
         """nerfacc's EMA occupancy update (call once per optimization step)."""

@@ -179,6 +179,12 @@ def test_a_saved_asset_loads_as_it_was(model, tmp_path):
     x = torch.rand(64, 3) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded.field.density(x), asset.field.density(x))
+    # The final checkpoint's occupancy grid comes back too: the loaded asset renders as the run's did.
+    assert loaded.renderer.grid_ready and asset.renderer.grid_ready
+    assert torch.equal(loaded.renderer.occupancy_state()["binaries"], asset.renderer.occupancy_state()["binaries"])
+    assert torch.allclose(loaded.render_turntable(2, 16), asset.render_turntable(2, 16), atol=1e-6)
+    (tmp_path / "checkpoint.pt").unlink()  # without it, the grid starts empty (dense sampling), nothing fails
+    assert not Asset.load(tmp_path).renderer.grid_ready
     with pytest.raises(FileNotFoundError, match="Asset.load: no field.pt in"):
         Asset.load(tmp_path / "missing")
     torch.save({"weights": {}}, tmp_path / "other" / "field.pt") if (tmp_path / "other").mkdir() is None else None
