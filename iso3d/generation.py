@@ -115,7 +115,7 @@ class GenerateConfig:
         mesh is the visual hull of the renders' silhouettes (``mesh_surface="hull"``) inside the box of the
         density level whose silhouettes match the renders' (``mesh_threshold="silhouette"``). That level
         alone (``mesh_surface="density"``) perforates a patchy shell; the fused depth (``"rendered"``)
-        meshes a soft field at 0.58–0.77 of its renders' size (benchmarks/RESULTS.md, sixteenth session)."""
+        meshes a soft field at 0.54–0.77 of its renders' size (benchmarks/RESULTS.md, sixteenth session)."""
         return cls(
             steps=steps,
             milestones=((0, None, 1),),
