@@ -82,10 +82,11 @@
 #     bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <bench_density_head.json> (and the base's) --trace
 # benchmarks/figures/trace_h100_s8.json. If time is left on the warm machine: PROFILE="64 256" PROFILE_HEAD=fused.
-# Every call now leaves nerfacc's build in $OUT (nerfacc_build.tgz). The eighth session's first call's is
-# kept at runs/device/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and
-# set NERFACC_BUILD=runs/device/nerfacc_build.tgz to try to skip the ~90 s build (untried: ninja
-# rebuilds if the unpacked sources look newer than the objects, and it only fits the same torch/CUDA).
+# Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
+# runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
+# NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
+# Until the seventeenth session it was rebuilt anyway (see the unpacking below for why; the fix is
+# untried on a GPU: nerfacc_build.log's time says whether it compiled).
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -115,14 +116,19 @@ say "$(tail -1 "$LOGS/gpu.txt")"
 EXT_DIR=$(python3 -c "import os; from torch.utils.cpp_extension import _get_build_directory as d
 print(os.path.dirname(d('nerfacc_cuda', False)))" 2>/dev/null || echo "$HOME/.cache/torch_extensions/py312_cu130")
 NERFACC_BUILD=${NERFACC_BUILD:-}
-# touch: pip has just installed nerfacc's sources, newer than the carried objects, and ninja rebuilds
-# what looks older than its sources. (Tried in the ninth session: it still rebuilt, ~70 s; why is open.)
-[ -n "$NERFACC_BUILD" ] && mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
-  && find "$EXT_DIR/nerfacc_cuda" -type f -exec touch {} + && say "unpacked $NERFACC_BUILD"
+# pip has just installed nerfacc's sources, newer than the carried objects: ninja rebuilds an output
+# whose .ninja_log mtime is older than its newest input. Touching the objects instead (the ninth to
+# thirteenth sessions) makes it worse: ninja then finds the .ninja_deps record older than the object
+# ("stored deps info out of date") and rebuilds anyway. So the objects keep their archived mtimes and
+# nerfacc's installed files are dated back (checked with ninja -d explain on a toy build, seventeenth session).
+if [ -n "$NERFACC_BUILD" ]; then
+  mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
+    && find /tmp/site/nerfacc -exec touch -h -d '2001-01-01 00:00' {} + && say "unpacked $NERFACC_BUILD"
+fi
 # NERFACC=0: skip the build (nothing in this call renders through nerfacc; saves ~90 s of 8 cores).
 NERFACC=${NERFACC:-1}
 if [ "$NERFACC" = 1 ]; then
-  (timeout 180 python3 -c "import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C)" > "$LOGS/nerfacc_build.log" 2>&1) &
+  (timeout 180 python3 -c "import time; t = time.time(); import nerfacc.cuda._backend as b; print('nerfacc _C:', b._C, f'in {time.time() - t:.0f} s')" > "$LOGS/nerfacc_build.log" 2>&1) &
   NERFACC_PID=$!
 fi
 # The tiny model trains with the PyTorch attention twin (head dim 16: nothing to gain from the
