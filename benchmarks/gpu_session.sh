@@ -297,10 +297,12 @@ fi
 # defaults of iso3d generate) with the shipped iso3d-tiny as guidance, stopped by SIGINT after that
 # many seconds; its checkpoint keeps the samples per ray and wall time of every step. A proxy for how
 # soon an official run's field sharpens (the toy model's guidance, not the release's), to weigh the
-# blob / surface bracket of RESULTS.md.
+# blob / surface bracket of RESULTS.md. (The eighth session's trace ran the guidance in fp32; since the
+# seventeenth, generate's GPU default is bf16, GenerateConfig.model_dtype: TRACE_DTYPE=fp32 repeats it.)
 TRACE=${TRACE:-0}
+TRACE_DTYPE=${TRACE_DTYPE:-bf16}
 if [ "$TRACE" -gt 0 ]; then
-  ISO3D_TRITON_AUTOTUNE=0 timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda \
+  ISO3D_TRITON_AUTOTUNE=0 timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda --dtype "$TRACE_DTYPE" \
     > "$LOGS/trace.log" 2>&1
   python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
 import torch

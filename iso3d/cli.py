@@ -68,7 +68,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                      resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
                      guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface,
-                     mesh_threshold=args.mesh_threshold)
+                     mesh_threshold=args.mesh_threshold,
+                     dtype=None if args.dtype is None else _DTYPES[args.dtype])
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return _report_mesh(json.loads((Path(args.output) / "run.json").read_text()))
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "along those directions (default: the config's)")
     gen.add_argument("--mesh-threshold", type=_mesh_threshold, default=None, metavar="DENSITY|silhouette",
                      help=_MESH_THRESHOLD_HELP)
+    gen.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
+                     help="the diffusion model's dtype during SDS (default: the config's, bf16 on GPU as the "
+                          "benchmarks time it, fp32 on CPU); the NeRF stays fp32")
     exp = sub.add_parser("export", help="re-export a saved asset (the folder of iso3d generate -o) with another mesh "
                                         "surface or level, without optimizing again")
     exp.add_argument("run", help="the folder iso3d generate wrote (its field.pt and run.json)")

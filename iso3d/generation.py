@@ -20,6 +20,7 @@ import json
 import math
 import platform
 import time
+import typing
 from dataclasses import dataclass
 from dataclasses import field as dc_field  # the config has a member named `field`
 from pathlib import Path
@@ -38,9 +39,12 @@ from iso3d.models.latent_encoder import latent_encoder
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 
-__all__ = ["Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
+__all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
 CHECKPOINT = "checkpoint.pt"
+# The diffusion model's weights during SDS (GenerateConfig.model_dtype): torch dtype names.
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class GenerateConfig:
     # but each batch size (one per milestone) compiles for ~35 s from a cold cache, about what a
     # 10,000-step run saves (28-56 s): off.
     compile_vae: bool = False
+    # The dtype of the diffusion model (UNet, VAE, image encoder) during SDS; the field, the renderer
+    # and the loss stay in float32. The release runs its guidance in half precision (threestudio's
+    # half_precision_weights); the GPU benchmarks time bfloat16 (benchmarks/RESULTS.md). cpu_tiny: float32.
+    model_dtype: ModelDtype = "bfloat16"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -101,6 +109,8 @@ class GenerateConfig:
             raise ValueError(f"GenerateConfig.mesh_threshold must be a positive density or 'silhouette', got {self.mesh_threshold!r}")
         if self.mesh_surface not in MESH_SURFACES:
             raise ValueError(f"GenerateConfig.mesh_surface must be one of {MESH_SURFACES}, got {self.mesh_surface!r}")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"GenerateConfig.model_dtype must be one of {MODEL_DTYPES}, got {self.model_dtype!r}")
         if len(self.reference_pose) != 4:
             raise ValueError(f"GenerateConfig.reference_pose must be (elevation, azimuth, distance, fovy), got {self.reference_pose}")
 
@@ -128,6 +138,7 @@ class GenerateConfig:
             # (benchmarks/RESULTS.md, sixteenth session).
             mesh_surface="hull",
             sds=SDSConfig(timesteps=TimestepSchedule(anneal_steps=int(0.8 * steps))),
+            model_dtype="float32",  # CPUs have no fast half-precision convolutions
         )
 
 
@@ -287,6 +298,7 @@ def generate(
     compile_vae: bool | None = None,
     mesh_surface: str | None = None,
     mesh_threshold: float | str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Asset:
     """Optimize a NeRF of the object in ``image`` with multi-view SDS; save to ``out`` when given.
 
@@ -307,14 +319,22 @@ def generate(
     ``"hull"`` (the visual hull of the renders' silhouettes). ``mesh_threshold`` overrides
     ``config.mesh_threshold``: a density (the release's 25) or ``"silhouette"`` (the level whose
     surface has the renders' silhouettes; a short run's soft field may have nothing above 25).
+    ``dtype`` overrides ``config.model_dtype``, the diffusion model's dtype (``"bfloat16"`` in the official
+    config, ``"float32"`` in ``cpu_tiny``; a ``torch.dtype`` or its name). The model is moved to ``device``
+    and cast in place.
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+        if name not in MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {MODEL_DTYPES} (or that torch.dtype) or None, got {dtype!r}")
+        config = dataclasses.replace(config, model_dtype=name)
     if not isinstance(model, MultiViewDiffusion):
         model = MultiViewDiffusion.from_pretrained(model)  # None: the shipped iso3d-tiny
-    model = model.to(device).eval()
-    config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
+    model = model.to(device=device, dtype=getattr(torch, config.model_dtype)).eval()
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
