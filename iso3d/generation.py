@@ -208,7 +208,8 @@ class Asset:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"field", "config"} <= set(state):
             raise ValueError(f"Asset.load: {path} is not an asset's field.pt (expected the keys 'field' and 'config')")
-        config = dataclass_from_dict(GenerateConfig, state["config"])
+        # Runs saved before GenerateConfig.model_dtype existed ran the model in float32.
+        config = dataclass_from_dict(GenerateConfig, {"model_dtype": "float32", **state["config"]})
         device = torch.device(device or "cpu")
         field = ImplicitVolume(config.field)
         field.load_state_dict(state["field"])

@@ -185,6 +185,11 @@ def test_a_saved_asset_loads_as_it_was(model, tmp_path):
     assert torch.allclose(loaded.render_turntable(2, 16), asset.render_turntable(2, 16), atol=1e-6)
     (tmp_path / "checkpoint.pt").unlink()  # without it, the grid starts empty (dense sampling), nothing fails
     assert not Asset.load(tmp_path).renderer.grid_ready
+    # An asset saved before model_dtype existed ran its model in float32, not the dataclass default bf16.
+    state = torch.load(tmp_path / "field.pt", weights_only=True)
+    del state["config"]["model_dtype"]
+    torch.save(state, tmp_path / "field.pt")
+    assert GenerateConfig.model_dtype == "bfloat16" and Asset.load(tmp_path).config == asset.config
     with pytest.raises(FileNotFoundError, match="Asset.load: no field.pt in"):
         Asset.load(tmp_path / "missing")
     torch.save({"weights": {}}, tmp_path / "other" / "field.pt") if (tmp_path / "other").mkdir() is None else None
