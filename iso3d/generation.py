@@ -292,7 +292,7 @@ def generate(
     device: str | torch.device | None = None,
     out: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | dict = True,
     normals: str | None = None,
     cuda_graph: bool | None = None,
     guidance_scale: float | None = None,
@@ -322,11 +322,18 @@ def generate(
     surface has the renders' silhouettes; a short run's soft field may have nothing above 25).
     ``dtype`` overrides ``config.model_dtype``, the diffusion model's dtype (``"bfloat16"`` in the official
     config, ``"float32"`` in ``cpu_tiny``; a ``torch.dtype`` or its name). The model is moved to ``device``
-    and cast in place.
+    and cast in place. ``progress``: show the progress bar (loss, ETA), or a dict of tqdm options for it
+    (``{"disable": True}``, ``{"leave": False}``, …).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(progress, bool):
+        progress_options = {"disable": not progress}
+    elif isinstance(progress, dict):
+        progress_options = dict(progress)
+    else:
+        raise TypeError(f"progress must be a bool or a dict of tqdm options, got {type(progress).__name__}")
     config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
     if dtype is not None:
         name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
@@ -404,7 +411,7 @@ def generate(
         tmp.replace(out_dir / CHECKPOINT)
 
     start = time.time()
-    bar = tqdm(total=config.steps, initial=step, desc="generate", disable=not progress)
+    bar = tqdm(**{"desc": "generate", **progress_options, "total": config.steps, "initial": step})
     try:
         while step < config.steps:
             torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only

@@ -59,6 +59,7 @@ def test_all_names_exist(module):
         "iso3d.models.latent_encoder",
         "iso3d.models.presets",
         "iso3d.pipelines.multiview",
+        "iso3d.pipelines.isotropic3d",
         "iso3d.export.depth_fusion",
         "iso3d.export.threshold",
         "iso3d.utils.dataclass_dict",
