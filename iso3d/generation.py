@@ -8,7 +8,8 @@ reconstruction loss (CFG 10, std rescale 0.5) plus the orientation loss. AdamW (
 lr 0.01 for the hash grid and 0.001 for the MLPs. Shading is albedo for the first half, then random
 among albedo / textureless / lambertian. The occupancy grid updates every 16 steps.
 
-Safety: a checkpoint every ``checkpoint_every`` steps (atomic), ``resume=True`` continues exactly
+Safety: a checkpoint every ``checkpoint_every`` steps (atomic; written by a background thread, so a
+step pays only for copying the state to host memory), ``resume=True`` continues exactly
 (every step reseeds the global RNG from (seed, step)); Ctrl-C saves a checkpoint before stopping;
 a non-finite loss stops with ``FloatingPointError`` and keeps the last good checkpoint.
 """
@@ -38,6 +39,7 @@ from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.models.latent_encoder import latent_encoder
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
+from iso3d.utils.checkpoint import CheckpointWriter
 
 __all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
@@ -399,16 +401,15 @@ def generate(
         # checkpoints older than this record: unknown (None) for their steps, so index i stays step i
         marched_per_ray = state.get("marched_per_ray", [None] * len(samples_per_ray))
 
-    def save_checkpoint():
-        if out_dir is None:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / (CHECKPOINT + ".tmp")
-        torch.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
-                    "step": step,
-                    "losses": losses, "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,
-                    "marched_per_ray": marched_per_ray, "seed": seed}, tmp)
-        tmp.replace(out_dir / CHECKPOINT)
+    # Written in the background (iso3d.utils.checkpoint): an official checkpoint is ~150 MB.
+    writer = CheckpointWriter(out_dir / CHECKPOINT) if out_dir is not None else None
+
+    def save_checkpoint(wait: bool = False):
+        if writer is not None:
+            writer.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
+                         "step": step, "losses": losses, "step_seconds": step_seconds,
+                         "samples_per_ray": samples_per_ray, "marched_per_ray": marched_per_ray, "seed": seed},
+                        wait=wait)
 
     start = time.time()
     bar = tqdm(**{"desc": "generate", **progress_options, "total": config.steps, "initial": step})
@@ -442,10 +443,12 @@ def generate(
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint()
     except KeyboardInterrupt:
-        save_checkpoint()  # keep what exists; --resume continues from here
+        save_checkpoint(wait=True)  # keep what exists; --resume continues from here
         raise
     finally:
         bar.close()
+        if writer is not None:
+            writer.wait()  # the last checkpoint is on disk before generate returns or raises
     run = {"seed": seed, "steps": step, "seconds": time.time() - start, "device": str(device),
            "config": dataclasses.asdict(config), "model": dataclasses.asdict(model.config), "losses": losses,
            "step_seconds": step_seconds, "samples_per_ray": samples_per_ray,

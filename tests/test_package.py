@@ -63,6 +63,7 @@ def test_all_names_exist(module):
         "iso3d.export.depth_fusion",
         "iso3d.export.threshold",
         "iso3d.utils.dataclass_dict",
+        "iso3d.utils.checkpoint",
         "iso3d.evaluation.geometry",
     ],
 )
