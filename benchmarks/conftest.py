@@ -133,11 +133,12 @@ def run_bench(benchmark, request, bench_device, provenance):
     """``run_bench(fn, group=, provider=, baseline=, work=, unit=, extra=)`` times ``fn`` side by side.
 
     ``work`` is the FLOPs (unit "TFLOP/s") or items (unit e.g. "Mpoints/s") done by one call;
-    ``max_rounds`` caps the rounds of a case that takes seconds per call.
+    ``max_rounds`` caps the rounds of a case that takes seconds per call; ``setup`` runs, untimed,
+    before each round.
     """
     rounds = request.config.getoption("--bench-rounds") or (20 if bench_device.type == "cuda" else 3)
 
-    def run(fn, *, group, provider, baseline, work=None, unit="TFLOP/s", extra=None, max_rounds=None):
+    def run(fn, *, group, provider, baseline, work=None, unit="TFLOP/s", extra=None, max_rounds=None, setup=None):
         sync = (lambda: torch.cuda.synchronize(bench_device)) if bench_device.type == "cuda" else (lambda: None)
 
         def target():
@@ -148,7 +149,7 @@ def run_bench(benchmark, request, bench_device, provenance):
         benchmark.group = group
         benchmark.extra_info.update(provenance, provider=provider, peak_mb=round(peak, 2), **(extra or {}))
         benchmark.pedantic(target, rounds=min(rounds, max_rounds or rounds), warmup_rounds=2 if bench_device.type == "cuda" else 1,
-                           iterations=1)
+                           iterations=1, setup=setup)
         stats = getattr(benchmark, "stats", None)
         median = stats.stats.median if stats is not None else None
         throughput = None

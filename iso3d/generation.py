@@ -41,7 +41,8 @@ from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRender
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 from iso3d.utils.checkpoint import CheckpointWriter
 
-__all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
+__all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step",
+           "supported_model_dtype"]
 
 CHECKPOINT = "checkpoint.pt"
 # The diffusion model's weights during SDS (GenerateConfig.model_dtype): torch dtype names.
@@ -284,6 +285,14 @@ def _versions() -> dict:
 _NORMAL_TYPES = {"central": "finite_difference", "forward": "forward_difference", "analytic": "analytic"}
 
 
+def supported_model_dtype(name: str, device: torch.device) -> str:
+    """``name`` (one of :data:`MODEL_DTYPES`), or ``"float16"`` for ``"bfloat16"`` on a GPU before Ampere
+    (compute capability < 8: no bf16 tensor cores)."""
+    if name == "bfloat16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return "float16"
+    return name
+
+
 def generate(
     image,
     model: MultiViewDiffusion | str | None = None,
@@ -322,18 +331,20 @@ def generate(
     ``"hull"`` (the visual hull of the renders' silhouettes). ``mesh_threshold`` overrides
     ``config.mesh_threshold``: a density (the release's 25) or ``"silhouette"`` (the level whose
     surface has the renders' silhouettes; a short run's soft field may have nothing above 25).
-    ``dtype`` overrides ``config.model_dtype``, the diffusion model's dtype (``"bfloat16"`` in the official
-    config, ``"float32"`` in ``cpu_tiny``; a ``torch.dtype`` or its name). The model is moved to ``device``
-    and cast in place. ``progress``: show the progress bar (loss, ETA), or a dict of tqdm options for it
+    ``dtype``: the diffusion model's dtype (a ``torch.dtype`` or its name), recorded as
+    ``config.model_dtype``. None: a model passed in runs in its own dtype; a model loaded here in
+    ``config.model_dtype`` (``"bfloat16"`` in the official config, or ``"float16"`` on a GPU without
+    bf16 tensor cores; ``"float32"`` in ``cpu_tiny``). A model passed in is moved to ``device`` in place,
+    and cast in place when ``dtype`` differs from its own. ``progress``: show the progress bar (loss, ETA), or a dict of tqdm options for it
     (``{"disable": True}``, ``{"leave": False}``, …).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if isinstance(progress, bool):
-        progress_options = {"disable": not progress}
-    elif isinstance(progress, dict):
+    if isinstance(progress, dict):
         progress_options = dict(progress)
+    elif isinstance(progress, int):  # bools included
+        progress_options = {"disable": not progress}
     else:
         raise TypeError(f"progress must be a bool or a dict of tqdm options, got {type(progress).__name__}")
     config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
@@ -342,8 +353,15 @@ def generate(
         if name not in MODEL_DTYPES:
             raise ValueError(f"dtype must be one of {MODEL_DTYPES} (or that torch.dtype) or None, got {dtype!r}")
         config = dataclasses.replace(config, model_dtype=name)
-    if not isinstance(model, MultiViewDiffusion):
-        model = MultiViewDiffusion.from_pretrained(model)  # None: the shipped iso3d-tiny
+    elif isinstance(model, MultiViewDiffusion):  # a model passed in runs as it is: no lossy cast of its weights
+        name = str(next(model.unet.parameters()).dtype).removeprefix("torch.")
+        if name not in MODEL_DTYPES:
+            raise ValueError(f"model: its weights are {name}; expected one of {MODEL_DTYPES}, or pass dtype= to cast it")
+        config = dataclasses.replace(config, model_dtype=name)
+    else:
+        config = dataclasses.replace(config, model_dtype=supported_model_dtype(config.model_dtype, device))
+    if not isinstance(model, MultiViewDiffusion):  # None: the shipped iso3d-tiny
+        model = MultiViewDiffusion.from_pretrained(model, device=device, dtype=getattr(torch, config.model_dtype))
     model = model.to(device=device, dtype=getattr(torch, config.model_dtype)).eval()
     if steps is not None:
         if steps < 1:
@@ -393,6 +411,9 @@ def generate(
         if out_dir is None or not (out_dir / CHECKPOINT).exists():
             raise FileNotFoundError(f"resume: no {CHECKPOINT} in {out_dir}")
         state = torch.load(out_dir / CHECKPOINT, map_location=device, weights_only=False)
+        if state.get("model_dtype", config.model_dtype) != config.model_dtype:  # absent before model_dtype existed
+            raise ValueError(f"resume: the run in {out_dir} ran the model in {state['model_dtype']}, this call in "
+                             f"{config.model_dtype}; resume with dtype={state['model_dtype']!r} to continue it exactly")
         fld.load_state_dict(state["field"])
         optim.load_state_dict(state["optimizer"])
         renderer.load_occupancy_state(state["grid"], device)
@@ -408,7 +429,8 @@ def generate(
         if writer is not None:
             writer.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
                          "step": step, "losses": losses, "step_seconds": step_seconds,
-                         "samples_per_ray": samples_per_ray, "marched_per_ray": marched_per_ray, "seed": seed},
+                         "samples_per_ray": samples_per_ray, "marched_per_ray": marched_per_ray, "seed": seed,
+                         "model_dtype": config.model_dtype},
                         wait=wait)
 
     start = time.time()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from iso3d.generation import Asset, GenerateConfig, generate
+from iso3d.generation import Asset, GenerateConfig, generate, supported_model_dtype
 from iso3d.models.bundle import MultiViewDiffusion
 
 from .multiview import MultiViewOutput, MultiViewPipeline
@@ -39,12 +39,22 @@ class Isotropic3DOutput:
     preview: torch.Tensor  # [4, 3, S, S] in [0, 1]: the NeRF rendered from azimuths 0/90/180/270 at 15° elevation
 
 
+def _device_and_dtype(device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        default = GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny()
+        dtype = getattr(torch, supported_model_dtype(default.model_dtype, device))
+    return device, dtype
+
+
 class Isotropic3DPipeline:
     """``Isotropic3DPipeline.from_pretrained(bundle)(image).asset``: one image → a NeRF (see the module docstring).
 
-    The model runs in the dtype and on the device it holds: :meth:`from_pretrained` defaults to
-    bfloat16 on a GPU (what the benchmarks time; the release runs its guidance in half precision) and
-    float32 on the CPU, as :class:`~iso3d.generation.GenerateConfig`'s ``official`` and ``cpu_tiny``.
+    The model runs on the device and in the dtypes it holds (a VAE kept in float32 stays so):
+    :meth:`from_pretrained` defaults to bfloat16 on a GPU (what the benchmarks time; the release runs
+    its guidance in half precision; float16 before Ampere) and float32 on the CPU, as
+    :class:`~iso3d.generation.GenerateConfig`'s ``official`` and ``cpu_tiny``. (:class:`MultiViewPipeline`
+    defaults to float32 everywhere.)
     """
 
     def __init__(self, model: MultiViewDiffusion):
@@ -59,9 +69,7 @@ class Isotropic3DPipeline:
         """A bundle folder, a shipped bundle's name, a hub id, or None (the shipped iso3d-tiny), as
         :meth:`MultiViewDiffusion.from_pretrained`. ``device``: default CUDA when available; ``dtype``:
         default bfloat16 on CUDA, else float32."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        device, dtype = _device_and_dtype(device, dtype)
         return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend))
 
     @classmethod
@@ -69,9 +77,7 @@ class Isotropic3DPipeline:
                                 backend: str = "auto") -> "Isotropic3DPipeline":
         """The full model from the released ``isotropic3d.ckpt`` (:meth:`MultiViewDiffusion.from_release_checkpoint`),
         on ``device`` in ``dtype`` (defaults as :meth:`from_pretrained`)."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        device, dtype = _device_and_dtype(device, dtype)
         model = MultiViewDiffusion.from_release_checkpoint(ckpt_path, backend=backend)
         return cls(model.to(device=device, dtype=dtype))
 
@@ -117,12 +123,12 @@ class Isotropic3DPipeline:
     ) -> Isotropic3DOutput:
         """Optimize a NeRF of the object in ``image`` (path, PIL, array or tensor; RGBA keeps its alpha).
 
-        The arguments are :func:`~iso3d.generation.generate`'s; the model's device and dtype are the
-        pipeline's (``config``'s ``model_dtype`` is set to it). ``out``: also save the asset there
+        The arguments are :func:`~iso3d.generation.generate`'s; the model runs on the pipeline's device,
+        as it is (``config.model_dtype`` records the UNet's dtype). ``out``: also save the asset there
         (with checkpoints, so ``resume=True`` continues an interrupted run).
         """
         asset = generate(image, self.model, config=config, steps=steps, seed=seed, device=self.device, out=out,
                          resume=resume, progress=self._progress or True, normals=normals, cuda_graph=cuda_graph,
                          guidance_scale=guidance_scale, compile_vae=compile_vae, mesh_surface=mesh_surface,
-                         mesh_threshold=mesh_threshold, dtype=self.dtype)
+                         mesh_threshold=mesh_threshold)
         return Isotropic3DOutput(asset=asset, preview=asset.render_turntable(n_frames=4, size=64))

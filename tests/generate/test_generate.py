@@ -345,20 +345,43 @@ def test_sds_step_reads_a_v_prediction_bundle_as_epsilon(model):
     torch.testing.assert_close(results["v"][1], results["epsilon"][1], rtol=1e-3, atol=1e-7)
 
 
-def test_model_dtype_casts_the_diffusion_model_and_keeps_the_field_float32():
-    model = MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)  # cast in place: not the shared one
-    half = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, dtype=torch.bfloat16)
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+@pytest.mark.parametrize("preset", ["pixel", "latent"])
+def test_model_dtype_casts_the_diffusion_model_and_keeps_the_field_float32(preset, tmp_path):
+    from iso3d.models.presets import tiny_latent_bundle_config
+
+    make = (lambda: MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0)) if preset == "pixel" \
+        else (lambda: MultiViewDiffusion(tiny_latent_bundle_config(image_size=32, width=16), seed=0))  # with a VAE
+    model = make()
+    half = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, dtype=torch.bfloat16, out=tmp_path)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # dtype= casts the model passed in
     assert {p.dtype for p in half.field.parameters()} == {torch.float32}
     assert half.run["config"]["model_dtype"] == "bfloat16"
-    full = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False)  # cpu_tiny's float32 casts it back
-    assert {p.dtype for p in model.parameters()} == {torch.float32} and full.run["config"]["model_dtype"] == "float32"
-    # The same run up to bf16 rounding of the UNet's inputs, weights and output: a few units of its
-    # roundoff 2^-8 (measured: 1.3e-3 and 1.7e-3 relative).
+    # Without dtype= a model passed in runs as it is (no lossy cast of the caller's weights) and the
+    # config records its dtype, whatever the config said.
+    again = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and again.run["config"]["model_dtype"] == "bfloat16"
+    assert again.run["losses"] == half.run["losses"]
+    full = generate(EXAMPLE, make(), config=_config(2), seed=0, progress=False)  # fresh float32 weights
+    assert full.run["config"]["model_dtype"] == "float32"
+    # The same run up to bf16 rounding of the weights and of the model's inputs and outputs: a few units
+    # of its roundoff 2^-8 (measured on the pixel model: 1.3e-3 and 1.7e-3 relative).
     for a, b in zip(half.run["losses"], full.run["losses"]):
         assert a != b and abs(a - b) <= 4 * 2**-8 * abs(b), (half.run["losses"], full.run["losses"])
+    # Resuming in another dtype would not continue the run exactly: refused, with the dtype to use.
+    with pytest.raises(ValueError, match="resume: the run in .* ran the model in bfloat16, this call in float32; "
+                                         "resume with dtype='bfloat16'"):
+        generate(EXAMPLE, make(), config=_config(3), seed=0, progress=False, out=tmp_path, resume=True)
+
+
+def test_model_dtype_defaults_and_bad_values(model):
+    from iso3d.generation import supported_model_dtype
+
     assert GenerateConfig.official().model_dtype == "bfloat16" and GenerateConfig.cpu_tiny().model_dtype == "float32"
+    assert supported_model_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'bfloat16', 'float16'\)"):
         generate(EXAMPLE, model, config=_config(1), progress=False, dtype=torch.int8)
     with pytest.raises(ValueError, match="GenerateConfig.model_dtype must be one of"):
         GenerateConfig(model_dtype="half")
+    with pytest.raises(ValueError, match="model: its weights are float64; expected one of"):
+        generate(EXAMPLE, MultiViewDiffusion(tiny_bundle_config(image_size=16, width=16), seed=0).double(),
+                 config=_config(1), progress=False)
