@@ -85,8 +85,9 @@
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
-# Until the seventeenth session it was rebuilt anyway (see the unpacking below for why; the fix is
-# untried on a GPU: nerfacc_build.log's time says whether it compiled).
+# Until the seventeenth session it was rebuilt anyway; the unpacking below says why and now loads the
+# carried .so directly (tried on the CPU with a stand-in extension, not yet on a GPU: the summary line
+# "nerfacc: the carried build loads" and nerfacc_build.log's time say whether it worked).
 set -u
 TRAIN=${TRAIN:-1}
 # The mv_attention suite (~4.6 min natively) passed on the H200 on 2026-11-26; it is left out by default
@@ -116,14 +117,36 @@ say "$(tail -1 "$LOGS/gpu.txt")"
 EXT_DIR=$(python3 -c "import os; from torch.utils.cpp_extension import _get_build_directory as d
 print(os.path.dirname(d('nerfacc_cuda', False)))" 2>/dev/null || echo "$HOME/.cache/torch_extensions/py312_cu130")
 NERFACC_BUILD=${NERFACC_BUILD:-}
-# pip has just installed nerfacc's sources, newer than the carried objects: ninja rebuilds an output
-# whose .ninja_log mtime is older than its newest input. Touching the objects instead (the ninth to
-# thirteenth sessions) makes it worse: ninja then finds the .ninja_deps record older than the object
-# ("stored deps info out of date") and rebuilds anyway. So the objects keep their archived mtimes and
-# nerfacc's installed files are dated back (checked with ninja -d explain on a toy build, seventeenth session).
+# Why it was rebuilt until the seventeenth session: pip has just installed nerfacc's sources, newer than
+# the carried objects, and ninja rebuilds an output whose .ninja_log mtime is older than its newest
+# input; touching the objects (the ninth to thirteenth sessions) also makes ninja find the .ninja_deps
+# record older than the object ("stored deps info out of date"). Checked with ninja -d explain on a toy
+# build. The deps also list torch's and CUDA's headers, whose mtimes this script does not control, so:
+#   1. nerfacc's _backend first tries `from nerfacc import csrc` (a prebuilt extension): a csrc.py that
+#      loads the carried .so directly skips torch's JIT and ninja altogether; if it fails to load
+#      (another torch or CUDA), it is removed and
+#   2. the JIT runs, with the objects' archived mtimes kept and nerfacc's sources dated back, so ninja
+#      rebuilds only what really changed (build_explain.log says what and why).
 if [ -n "$NERFACC_BUILD" ]; then
   mkdir -p "$EXT_DIR" && tar xzf "$NERFACC_BUILD" -C "$EXT_DIR" \
     && find /tmp/site/nerfacc -exec touch -h -d '2001-01-01 00:00' {} + && say "unpacked $NERFACC_BUILD"
+  (cd "$EXT_DIR/nerfacc_cuda" && ninja -n -d explain) > "$LOGS/nerfacc_build_explain.log" 2>&1
+  cat > /tmp/site/nerfacc/csrc.py <<PY
+# Written by benchmarks/gpu_session.sh: the carried nerfacc_cuda.so, loaded without torch's JIT.
+import importlib.util
+
+import torch  # noqa: F401  (first: the extension links against torch's libraries)
+
+_spec = importlib.util.spec_from_file_location("nerfacc_cuda", "$EXT_DIR/nerfacc_cuda/nerfacc_cuda.so")
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+globals().update({k: getattr(_module, k) for k in dir(_module) if not k.startswith("__")})
+PY
+  if python3 -c "from nerfacc import csrc; csrc.traverse_grids" > "$LOGS/nerfacc_prebuilt.log" 2>&1; then
+    say "nerfacc: the carried build loads as nerfacc.csrc (no JIT)"
+  else
+    rm -f /tmp/site/nerfacc/csrc.py; say "nerfacc: the carried .so did not load (nerfacc_prebuilt.log); JIT"
+  fi
 fi
 # NERFACC=0: skip the build (nothing in this call renders through nerfacc; saves ~90 s of 8 cores).
 NERFACC=${NERFACC:-1}
