@@ -1,11 +1,11 @@
 """Atomic checkpoints written by a background thread: the optimization loop pays for a host copy, not the disk.
 
-Why: an official SDS run's checkpoint (the hash grid and its two Adam moments, 12.6 M parameters each)
-is 151 MB. ``torch.save`` of it took 0.2–0.8 s on the 2-core development machine, and the release's
-schedule checkpoints every 100 of its 10,000 steps: 20–80 s of a run whose goal is 15 minutes.
-``torch.save`` releases the GIL while it writes (a Python loop kept 96 % of its speed beside one), so
-a thread hides the write. The state is copied to host memory first (65 ms for 151 MB there; a GPU's
-device-to-host copy is faster), because the optimizer updates the live tensors in place.
+Why: an official SDS run's checkpoint (the field's 12.6 M parameters and their two Adam moments) is
+151 MB, and the release's schedule checkpoints every 100 of its 10,000 steps. ``torch.save`` releases
+the GIL while it writes, so a thread hides the write. The state is copied to host memory first,
+because the optimizer updates the live tensors in place. On the 2-core development machine the loop
+paid 252 ms per checkpoint before and 72 ms now (``benchmarks/generate/bench_checkpoint.py``,
+benchmarks/RESULTS.md).
 
 Writes are atomic (a ``.tmp`` file, then a rename), one at a time and in order: :meth:`save` waits
 for the previous write. An error in the thread is raised by the next :meth:`save` or :meth:`wait`.
