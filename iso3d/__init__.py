@@ -6,7 +6,16 @@ touches no GPU. Subpackages load what they need when used.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "generate"]
+__all__ = ["Isotropic3DPipeline", "MultiViewPipeline", "__version__", "generate"]
+
+
+def __getattr__(name: str):
+    """``iso3d.Isotropic3DPipeline`` and ``iso3d.MultiViewPipeline``, imported on first use (diffusers style)."""
+    if name in ("Isotropic3DPipeline", "MultiViewPipeline"):
+        from . import pipelines
+
+        return getattr(pipelines, name)
+    raise AttributeError(f"module 'iso3d' has no attribute {name!r}")
 
 
 def generate(image, model=None, **kwargs):
