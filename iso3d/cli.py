@@ -52,8 +52,8 @@ def _cmd_views(args: argparse.Namespace) -> int:
     from .pipelines import MultiViewPipeline
 
     device = _resolve_device(args.device)
-    pipe = MultiViewPipeline.from_pretrained(args.model, device=device, dtype=getattr(torch, _DTYPES[args.dtype]),
-                                             cuda_graph=args.cuda_graph)
+    dtype = None if args.dtype is None else getattr(torch, _DTYPES[args.dtype])  # None: bf16 on GPU, fp32 on CPU
+    pipe = MultiViewPipeline.from_pretrained(args.model, device=device, dtype=dtype, cuda_graph=args.cuda_graph)
     out = pipe(args.image, num_inference_steps=args.steps, guidance_scale=args.guidance, elevation=args.elevation,
                seed=args.seed)
     path = save_image_grid(out.images, args.output)
@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees (default 15)")
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    views.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    views.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
+                       help="the model's dtype (default: bf16 on GPU, fp16 before Ampere; fp32 on CPU)")
     views.add_argument("--cuda-graph", action="store_true",
                        help="on a GPU, replay each denoising step's UNet call from a CUDA graph")
     gen = sub.add_parser("generate", help="image to 3D: SDS-optimize a NeRF, export mesh and turntable")

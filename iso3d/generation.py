@@ -37,12 +37,12 @@ from iso3d.kernels.hash_grid import HashGridConfig
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.models.latent_encoder import latent_encoder
+from iso3d.models.precision import supported_model_dtype
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 from iso3d.utils.checkpoint import CheckpointWriter
 
-__all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step",
-           "supported_model_dtype"]
+__all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
 CHECKPOINT = "checkpoint.pt"
 # The diffusion model's weights during SDS (GenerateConfig.model_dtype): torch dtype names.
@@ -283,14 +283,6 @@ def _versions() -> dict:
 
 # generate(normals=…) and the CLI's --normals → FieldConfig.normal_type
 _NORMAL_TYPES = {"central": "finite_difference", "forward": "forward_difference", "analytic": "analytic"}
-
-
-def supported_model_dtype(name: str, device: torch.device) -> str:
-    """``name`` (one of :data:`MODEL_DTYPES`), or ``"float16"`` for ``"bfloat16"`` on a GPU before Ampere
-    (compute capability < 8: no bf16 tensor cores)."""
-    if name == "bfloat16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
-        return "float16"
-    return name
 
 
 def generate(

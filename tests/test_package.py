@@ -58,6 +58,7 @@ def test_all_names_exist(module):
         "iso3d.models.cuda_graph",
         "iso3d.models.latent_encoder",
         "iso3d.models.presets",
+        "iso3d.models.precision",
         "iso3d.pipelines.multiview",
         "iso3d.pipelines.isotropic3d",
         "iso3d.export.depth_fusion",

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from iso3d.generation import Asset, GenerateConfig, generate, supported_model_dtype
+from iso3d.generation import Asset, GenerateConfig, generate
 from iso3d.models.bundle import MultiViewDiffusion
+from iso3d.models.precision import default_model_dtype
 
 from .multiview import MultiViewOutput, MultiViewPipeline
 
@@ -41,10 +42,7 @@ class Isotropic3DOutput:
 
 def _device_and_dtype(device, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        default = GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny()
-        dtype = getattr(torch, supported_model_dtype(default.model_dtype, device))
-    return device, dtype
+    return device, dtype or default_model_dtype(device)
 
 
 class Isotropic3DPipeline:
@@ -53,8 +51,8 @@ class Isotropic3DPipeline:
     The model runs on the device and in the dtypes it holds (a VAE kept in float32 stays so):
     :meth:`from_pretrained` defaults to bfloat16 on a GPU (what the benchmarks time; the release runs
     its guidance in half precision; float16 before Ampere) and float32 on the CPU, as
-    :class:`~iso3d.generation.GenerateConfig`'s ``official`` and ``cpu_tiny``. (:class:`MultiViewPipeline`
-    defaults to float32 everywhere.)
+    :class:`~iso3d.generation.GenerateConfig`'s ``official`` and ``cpu_tiny``
+    (:func:`~iso3d.models.precision.default_model_dtype`).
     """
 
     def __init__(self, model: MultiViewDiffusion):

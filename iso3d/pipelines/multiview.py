@@ -23,6 +23,7 @@ from iso3d.io import composite_on_white, load_image
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.cuda_graph import CUDAGraphedForward
 from iso3d.models.guidance import classifier_free_guidance
+from iso3d.models.precision import default_model_dtype
 from iso3d.models.unet import ReferenceFrame
 from iso3d.utils.imports import require
 
@@ -62,6 +63,9 @@ class MultiViewPipeline:
     @classmethod
     def from_pretrained(cls, path_or_id=None, *, device=None, dtype=None, backend: str = "auto",
                         cuda_graph: bool = False) -> "MultiViewPipeline":
+        """A bundle (as :meth:`MultiViewDiffusion.from_pretrained`) on ``device`` (default: the CPU) in
+        ``dtype`` (default: :func:`~iso3d.models.precision.default_model_dtype`, bfloat16 on a GPU)."""
+        dtype = dtype or default_model_dtype(device)
         return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend),
                    cuda_graph=cuda_graph)
 

@@ -373,11 +373,19 @@ def test_model_dtype_casts_the_diffusion_model_and_keeps_the_field_float32(prese
         generate(EXAMPLE, make(), config=_config(3), seed=0, progress=False, out=tmp_path, resume=True)
 
 
-def test_model_dtype_defaults_and_bad_values(model):
-    from iso3d.generation import supported_model_dtype
+def test_model_dtype_defaults_and_bad_values(model, monkeypatch):
+    from iso3d.models.precision import default_model_dtype, supported_model_dtype
 
     assert GenerateConfig.official().model_dtype == "bfloat16" and GenerateConfig.cpu_tiny().model_dtype == "float32"
+    assert default_model_dtype(None) == default_model_dtype("cpu") == getattr(torch, GenerateConfig.cpu_tiny().model_dtype)
     assert supported_model_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
+    gpu = torch.device("cuda", 0)  # a device object needs no GPU; its capability is faked
+    for capability, expected in (((9, 0), "bfloat16"), ((8, 0), "bfloat16"), ((7, 5), "float16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert supported_model_dtype("bfloat16", gpu) == expected
+        assert default_model_dtype(gpu) == getattr(torch, expected)
+        assert supported_model_dtype("float32", gpu) == "float32"
+    monkeypatch.undo()
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'bfloat16', 'float16'\)"):
         generate(EXAMPLE, model, config=_config(1), progress=False, dtype=torch.int8)
     with pytest.raises(ValueError, match="GenerateConfig.model_dtype must be one of"):
