@@ -82,6 +82,10 @@
 #     bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <bench_density_head.json> (and the base's) --trace
 # benchmarks/figures/trace_h100_s8.json. If time is left on the warm machine: PROFILE="64 256" PROFILE_HEAD=fused.
+# Seventeenth session (CPU only): add TRACE=90 to that call. `iso3d generate --device cuda` now runs the
+# diffusion model in bf16 (it ran fp32 before, unlike every benchmark) and writes its checkpoints from a
+# background thread; neither has run on a GPU. The trace's step_seconds are the first real bf16
+# generate steps (against the eighth session's fp32 trace), and its checkpoints the first on a GPU.
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
