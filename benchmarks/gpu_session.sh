@@ -82,7 +82,11 @@
 #     bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <bench_density_head.json> (and the base's) --trace
 # benchmarks/figures/trace_h100_s8.json. If time is left on the warm machine: PROFILE="64 256" PROFILE_HEAD=fused.
-# Seventeenth session (CPU only): add TRACE=90 to that call. `iso3d generate --device cuda` now runs the
+# Seventeenth session (CPU only): add to that call BENCHES="density_head density_gradient sds"
+# SDS_K="test_sds_step and cuda_graph" (the graphed step with the attention "auto" now picks for SDS, SDPA on
+# the concatenated views, beside the Triton kernel forced: chosen from the second session's H200 UNet
+# table, not yet timed in the step; the density_head cases and so the estimate use the new choice, the
+# base's use Triton) and TRACE=90. `iso3d generate --device cuda` now runs the
 # diffusion model in bf16 (it ran fp32 before, unlike every benchmark) and writes its checkpoints from a
 # background thread; neither has run on a GPU. The trace's step_seconds are the first real bf16
 # generate steps (against the eighth session's fp32 trace), and its checkpoints the first on a GPU.

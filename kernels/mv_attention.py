@@ -13,11 +13,28 @@ from torch.autograd.function import once_differentiable
 from ._backends import select_backend, triton_device_reasons
 from .reference import mv_attention_ref
 
-__all__ = ["SUPPORTED_DTYPES", "TRITON_MAX_HEAD_DIM", "mv_attention", "mv_attention_backend_reasons"]
+__all__ = ["SUPPORTED_DTYPES", "TRITON_MAX_HEAD_DIM", "auto_order", "mv_attention", "mv_attention_backend_reasons"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_MAX_HEAD_DIM = 128  # largest padded tile the tuned configs keep in registers/shared memory
-_BACKENDS_AUTO_ORDER = ["triton", "torch"]
+
+
+def auto_order(device_type: str, has_reference: bool) -> list[str]:
+    """The backends ``backend="auto"`` tries, best first.
+
+    On CUDA, measured on an H200 (benchmarks/RESULTS.md, 2026-11-26): without a reference block
+    PyTorch's SDPA on the concatenated views (cuDNN/flash) beat the Triton kernel at every UNet level
+    (the kernel at 0.38–0.82× of its speed) and in the official UNet's forward (26.1 against 30.0 ms for
+    8 frames at 32² latents), so the twin goes first: this is the SDS step's case (CLIP-only guidance).
+    With an EMA reference the concatenation copies every level's tokens and the kernel won the UNet
+    (1.49× forward, 1.17× forward + backward): stage-2 training. Elsewhere only the twin runs natively.
+
+    >>> auto_order("cuda", has_reference=False), auto_order("cuda", has_reference=True), auto_order("cpu", True)
+    (['torch', 'triton'], ['triton', 'torch'], ['torch'])
+    """
+    if device_type != "cuda":
+        return ["torch"]
+    return ["triton", "torch"] if has_reference else ["torch", "triton"]
 
 
 def _new_buffer(shape, *, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -232,7 +249,8 @@ def mv_attention(
         n_heads: H; ``H·D`` must divide the last dimension.
         q_ref, k_ref, v_ref: ``[B, N_ref, H·D]`` reference block of each object, or ``None``.
         scale: softmax scale, default ``D ** -0.5``.
-        backend: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` (CUDA, or CPU under
+        backend: ``"auto"`` (on CUDA: the twin's SDPA without a reference block, Triton with one,
+            as measured, see :func:`auto_order`; PyTorch on CPU), ``"triton"`` (CUDA, or CPU under
             ``TRITON_INTERPRET=1``) or ``"torch"`` (the twin).
 
     Returns:
@@ -258,8 +276,8 @@ def mv_attention(
     _check_inputs(q, k, v, n_views, n_heads, q_ref, k_ref, v_ref, scale)
     scale = float(scale) if scale is not None else (q.shape[-1] // n_heads) ** -0.5
     reasons = mv_attention_backend_reasons(q, n_heads)
-    auto_order = _BACKENDS_AUTO_ORDER if q.device.type == "cuda" else ["torch"]
-    chosen = select_backend("mv_attention", backend, reasons, auto_order)
+    order = auto_order(q.device.type, has_reference=k_ref is not None)
+    chosen = select_backend("mv_attention", backend, reasons, order)
     if chosen == "torch":
         return mv_attention_ref(
             q, k, v, n_views=n_views, n_heads=n_heads, q_ref=q_ref, k_ref=k_ref, v_ref=v_ref, scale=scale

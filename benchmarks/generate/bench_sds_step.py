@@ -9,7 +9,9 @@
   ``central_normals`` / ``forward_normals``: the optimized path with central- or forward-difference
   normals instead of analytic ones (the hash grid's Jacobian, the default since 2026-11-26);
   ``cuda_graph``: the optimized path with the UNet's CFG forward replayed from a CUDA graph
-  (``GenerateConfig.cuda_graph``).
+  (``GenerateConfig.cuda_graph``); ``cuda_graph_triton_attention``: the same with the Triton attention
+  kernel forced (``"auto"`` picks SDPA on the concatenated views for the SDS step's reference-free
+  attention, ``kernels.mv_attention.auto_order``).
 * ``test_sds_step_field_state``: the optimized step on the initial blob (what every other case
   times: a soft ball whose samples are never pruned, so a pessimistic stand-in for a whole run) and on
   a sharp-surfaced ball like a field a few hundred steps into a run (``FIELD_STATES``), so that a
@@ -54,6 +56,9 @@ PROVIDERS = {  # name: (attention backend, hash-grid backend, sampler, α/T prun
     "central_normals": ("auto", "triton", "nerfacc", True),  # + central-difference normals (6 extra evaluations)
     "forward_normals": ("auto", "triton", "nerfacc", True),  # + forward-difference normals (3 extra evaluations)
     "cuda_graph": ("auto", "triton", "nerfacc", True),  # + the UNet's CFG forward replayed from a CUDA graph
+    # cuda_graph with the Triton attention kernel forced: "auto" runs SDPA on the concatenated views
+    # when there is no reference block (SDS), since the seventeenth session (kernels.mv_attention.auto_order)
+    "cuda_graph_triton_attention": ("triton", "triton", "nerfacc", True),
     "unpruned": ("auto", "triton", "nerfacc", False),
     "naive_attention": ("naive", "triton", "nerfacc", True),
     "torch_hash_grid": ("auto", "torch", "nerfacc", True),
@@ -198,7 +203,7 @@ def test_sds_step(run_bench, bench_device, smoke, model, stage, provider):
         pytest.skip(f"{provider}: Triton runs only in its interpreter on CPU and nerfacc's sampler needs CUDA")
     backend_attn, backend_grid, sampler, prune = PROVIDERS[provider]
     cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device, provider)
-    unet = CUDAGraphedForward(model.unet) if provider == "cuda_graph" else None
+    unet = CUDAGraphedForward(model.unet) if provider.startswith("cuda_graph") else None
     step = _training_step(model, cfg, fld, renderer, bench_device, unet)
 
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]

@@ -17,7 +17,7 @@ from iso3d.models.presets import tiny_bundle_config  # noqa: E402
 
 
 def _install(unet: MultiViewUNet, provider: str) -> None:
-    unet.backend = {"fused": "auto", "sdpa_concat": "torch", "naive": "naive"}[provider]
+    unet.backend = {"fused": "triton", "sdpa_concat": "torch", "naive": "naive"}[provider]  # "auto" picks per mode
     unet.install_processors()
 
 

@@ -197,7 +197,8 @@ def test_multiview_pipeline_samples_the_same_through_a_graph():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a real CUDA graph capture needs a GPU")
-def test_real_capture_of_the_multiview_unet_matches_eager():
+@pytest.mark.parametrize("backend", ["auto", "triton"])  # auto: SDPA on the concatenated views (no reference)
+def test_real_capture_of_the_multiview_unet_matches_eager(backend):
     pytest.importorskip("diffusers", reason="diffusers not installed (pip install diffusers)")
     from iso3d.cameras import camera_embedding
     from iso3d.models import MultiViewUNet, MultiViewUNetConfig
@@ -205,7 +206,7 @@ def test_real_capture_of_the_multiview_unet_matches_eager():
     cfg = MultiViewUNetConfig(sample_size=8, block_out_channels=(32, 64), attention_levels=(True, True),
                               layers_per_block=1, head_dim=16, cross_attention_dim=32, norm_num_groups=8)
     torch.manual_seed(0)
-    unet = MultiViewUNet(cfg, backend="auto").cuda().eval()
+    unet = MultiViewUNet(cfg, backend=backend).cuda().eval()
     graphed = CUDAGraphedForward(unet)
     for rows in (8, 8, 4, 8):  # re-use, a second signature, and back
         x, ctx = torch.randn(rows, 4, 8, 8, device="cuda"), torch.randn(rows, 1, 32, device="cuda")
