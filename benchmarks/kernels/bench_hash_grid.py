@@ -91,3 +91,33 @@ def test_hash_grid_jacobian(run_bench, bench_device, smoke, n_points, mode, prov
 
     run_bench(step, group=f"hash_grid+jacobian official P={n_points} {mode}", provider=provider, baseline="torch",
               work=n_points, unit="Mpoints/s", extra=dict(n_points=n_points, mode=mode, config=CONFIG.to_tcnn()))
+
+
+@pytest.mark.parametrize("gather", ["index_select", "embedding"])
+def test_gather_backward(run_bench, bench_device, smoke, gather):
+    """The twin's corner gather (``kernels.reference._gather_rows``: one ``index_select``) against the
+    ``F.embedding`` it replaced, forward and backward, at the CPU default run's shapes: ``cpu_tiny``'s
+    8-level grid (2^15 rows per level) and 2^15 samples × 8 levels × 8 corners."""
+    import torch.nn.functional as F
+
+    from iso3d.generation import GenerateConfig
+    from iso3d.kernels.reference import _gather_rows
+
+    cfg = GenerateConfig.cpu_tiny().field.encoding
+    gen = torch.Generator().manual_seed(0)
+    n_points = 2**15 >> (8 if smoke else 0)
+    rows_total = cfg.n_params // cfg.n_features_per_level
+    table = torch.randn(rows_total, cfg.n_features_per_level, generator=gen).to(bench_device).requires_grad_()
+    rows = torch.randint(0, rows_total, (n_points, cfg.n_levels, 8), generator=gen).to(bench_device)
+    cotangent = torch.randn(*rows.shape, cfg.n_features_per_level, generator=gen).to(bench_device)
+    op = _gather_rows if gather == "index_select" else (lambda t, r: F.embedding(r, t))
+
+    def step():
+        (grad,) = torch.autograd.grad(op(table, rows), table, cotangent)
+        return grad
+
+    if gather == "embedding":  # the same sums
+        torch.testing.assert_close(step(), torch.autograd.grad(_gather_rows(table, rows), table, cotangent)[0])
+    run_bench(step, group=f"hash-grid twin gather fwd+bwd P={n_points} L={cfg.n_levels}", provider=gather,
+              baseline="embedding", work=n_points, unit="Mpoints/s",
+              extra=dict(table_rows=rows_total, levels=cfg.n_levels, points=n_points))
