@@ -340,11 +340,12 @@ def generate(
     else:
         raise TypeError(f"progress must be a bool or a dict of tqdm options, got {type(progress).__name__}")
     config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
+    cast = None  # the dtype to cast the model to: only on request
     if dtype is not None:
         name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
         if name not in MODEL_DTYPES:
             raise ValueError(f"dtype must be one of {MODEL_DTYPES} (or that torch.dtype) or None, got {dtype!r}")
-        config = dataclasses.replace(config, model_dtype=name)
+        config, cast = dataclasses.replace(config, model_dtype=name), getattr(torch, name)
     elif isinstance(model, MultiViewDiffusion):  # a model passed in runs as it is: no lossy cast of its weights
         name = str(next(model.unet.parameters()).dtype).removeprefix("torch.")
         if name not in MODEL_DTYPES:
@@ -354,7 +355,9 @@ def generate(
         config = dataclasses.replace(config, model_dtype=supported_model_dtype(config.model_dtype, device))
     if not isinstance(model, MultiViewDiffusion):  # None: the shipped iso3d-tiny
         model = MultiViewDiffusion.from_pretrained(model, device=device, dtype=getattr(torch, config.model_dtype))
-    model = model.to(device=device, dtype=getattr(torch, config.model_dtype)).eval()
+    # Cast only on request: a model passed in keeps its dtypes (its UNet's is the one recorded; a VAE
+    # kept in float32 stays so).
+    model = model.to(device=device, dtype=cast).eval()
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

@@ -1,6 +1,7 @@
 """generate(): a short SDS run at tiny settings end to end, exact resume, NaN stop, outputs on disk."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -367,6 +368,13 @@ def test_model_dtype_casts_the_diffusion_model_and_keeps_the_field_float32(prese
     # of its roundoff 2^-8 (measured on the pixel model: 1.3e-3 and 1.7e-3 relative).
     for a, b in zip(half.run["losses"], full.run["losses"]):
         assert a != b and abs(a - b) <= 4 * 2**-8 * abs(b), (half.run["losses"], full.run["losses"])
+    # A mixed model (a float32 VAE under a bf16 UNet) is run as it is; the UNet's dtype is recorded.
+    if preset == "latent":
+        mixed = make().to(torch.bfloat16)
+        mixed.vae.float()
+        run = generate(EXAMPLE, mixed, config=_config(1), seed=0, progress=False)
+        assert {p.dtype for p in mixed.vae.parameters()} == {torch.float32} and run.run["config"]["model_dtype"] == "bfloat16"
+        assert {p.dtype for p in mixed.unet.parameters()} == {torch.bfloat16} and math.isfinite(run.run["losses"][0])
     # Resuming in another dtype would not continue the run exactly: refused, with the dtype to use.
     with pytest.raises(ValueError, match="resume: the run in .* ran the model in bfloat16, this call in float32; "
                                          "resume with dtype='bfloat16'"):
