@@ -327,8 +327,8 @@ def generate(
     ``config.model_dtype``. None: a model passed in runs in its own dtype; a model loaded here in
     ``config.model_dtype`` (``"bfloat16"`` in the official config, or ``"float16"`` on a GPU without
     bf16 tensor cores; ``"float32"`` in ``cpu_tiny``). A model passed in is moved to ``device`` in place,
-    and cast in place when ``dtype`` differs from its own. ``progress``: show the progress bar (loss, ETA), or a dict of tqdm options for it
-    (``{"disable": True}``, ``{"leave": False}``, …).
+    and cast in place when ``dtype`` differs from its own. ``progress``: show the progress bar (loss,
+    ETA), or a dict of tqdm options for it (``{"disable": True}``, ``{"leave": False}``, …).
     """
     if normals not in _NORMAL_TYPES and normals not in (None, "off"):
         raise ValueError(f"normals must be one of {sorted(_NORMAL_TYPES)}, 'off' or None, got {normals!r}")
