@@ -17,6 +17,7 @@ a non-finite loss stops with ``FloatingPointError`` and keeps the last good chec
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import platform
@@ -339,6 +340,10 @@ def generate(
         progress_options = {"disable": not progress}
     else:
         raise TypeError(f"progress must be a bool or a dict of tqdm options, got {type(progress).__name__}")
+    try:  # refuse a misspelled option now, not after the model has loaded (a disabled bar checks nothing)
+        tqdm(**{**progress_options, "disable": False, "file": io.StringIO()}).close()
+    except (TypeError, KeyError) as exc:
+        raise TypeError(f"progress: not tqdm options: {exc}") from exc
     config = config or (GenerateConfig.official() if device.type == "cuda" else GenerateConfig.cpu_tiny())
     cast = None  # the dtype to cast the model to: only on request
     if dtype is not None:

@@ -72,6 +72,11 @@ class MultiViewPipeline:
     def set_progress_bar_config(self, **kwargs) -> None:
         self._progress = kwargs
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "MultiViewPipeline":
+        """Move and/or cast the model (in place); returns the pipeline."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.model.unet.parameters()).device

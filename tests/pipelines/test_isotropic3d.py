@@ -46,6 +46,9 @@ def test_a_call_is_generate_with_the_pipelines_model_and_a_preview(tmp_path):
 
 
 def test_the_model_keeps_the_pipelines_dtype():
+    from iso3d.pipelines import MultiViewPipeline
+
+    assert MultiViewPipeline(_model()).to(dtype=torch.bfloat16).dtype == torch.bfloat16
     pipe = Isotropic3DPipeline(_model()).to(dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.dtype == torch.bfloat16 and pipe.device == torch.device("cpu")
@@ -71,3 +74,6 @@ def test_bad_input():
         Isotropic3DPipeline.from_release_checkpoint("missing/isotropic3d.ckpt")
     with pytest.raises(TypeError, match="progress must be a bool or a dict of tqdm options, got str"):
         generate(EXAMPLE, pipe.model, config=_config(1), progress="no")
+    pipe.set_progress_bar_config(lave=False, disable=True)  # misspelled: refused before any work
+    with pytest.raises(TypeError, match=r"progress: not tqdm options: .*Unknown argument\(s\): \{'lave': False\}"):
+        pipe(EXAMPLE, config=_config(1))
