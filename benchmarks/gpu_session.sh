@@ -82,14 +82,23 @@
 #     bash benchmarks/gpu_session.sh
 # then: python benchmarks/generate/estimate_run.py <bench_density_head.json> (and the base's) --trace
 # benchmarks/figures/trace_h100_s8.json. If time is left on the warm machine: PROFILE="64 256" PROFILE_HEAD=fused.
-# Seventeenth session (CPU only): add to that call BENCHES="density_head density_gradient sds"
-# SDS_K="test_sds_step and cuda_graph" (the graphed step with the attention "auto" now picks for SDS, SDPA on
-# the concatenated views, beside the Triton kernel forced: chosen from the second session's H200 UNet
-# table, not yet timed in the step; the density_head cases and so the estimate use the new choice, the
-# base's use Triton) and TRACE=90. `iso3d generate --device cuda` now runs the
-# diffusion model in bf16 (it ran fp32 before, unlike every benchmark) and writes its checkpoints from a
-# background thread; neither has run on a GPU. The trace's step_seconds are the first real bf16
-# generate steps (against the eighth session's fp32 trace), and its checkpoints the first on a GPU.
+# Seventeenth session (CPU only), superseding the call above (about 11 minutes of run; trim SDS_K or
+# TRACE if the lease is short):
+#   rm -rf runs/base && mkdir -p runs/base && git archive b6c3066 | tar -x -C runs/base
+#   (carry .whl, runs/base, runs/device13/nerfacc_build.tgz)
+#   TRAIN=0 TESTS="tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py tests/models/test_cuda_graph.py" \
+#     BENCHES="density_head density_gradient sds" HEAD_K=fused GRADIENT_K="22 and not torch" \
+#     SDS_K="test_sds_step and cuda_graph" SDS_LIMIT=200 TRACE=90 \
+#     BASE=runs/base BASE_BENCHES="density_head density_gradient" NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     bash benchmarks/gpu_session.sh
+# What is new in it: (1) the graphed step with the attention "auto" now picks for SDS (SDPA on the
+# concatenated views, from the second session's H200 UNet table) beside the Triton kernel forced, never
+# timed in the step; the density_head cases, and so the estimate, use the new choice, the base's use
+# Triton; (2) TRACE=90: `iso3d generate --device cuda` now runs the diffusion model in bf16 (it ran
+# fp32 before, unlike every benchmark) and writes its checkpoints from a background thread: the first
+# real bf16 generate steps (against the eighth session's fp32 trace) and checkpoints on a GPU; (3) the
+# CUDA-graph capture test with both attention backends; (4) whether the carried nerfacc build loads
+# without compiling (the summary line "nerfacc: the carried build loads as nerfacc.csrc").
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
