@@ -29,6 +29,7 @@ from iso3d.generation import Asset, GenerateConfig, generate
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.precision import default_model_dtype
 
+from .base import ModelPipeline
 from .multiview import MultiViewOutput, MultiViewPipeline
 
 __all__ = ["Isotropic3DOutput", "Isotropic3DPipeline"]
@@ -45,7 +46,7 @@ def _device_and_dtype(device, dtype: torch.dtype | None) -> tuple[torch.device, 
     return device, dtype or default_model_dtype(device)
 
 
-class Isotropic3DPipeline:
+class Isotropic3DPipeline(ModelPipeline):
     """``Isotropic3DPipeline.from_pretrained(bundle)(image).asset``: one image → a NeRF (see the module docstring).
 
     The model runs on the device and in the dtypes it holds (a VAE kept in float32 stays so):
@@ -54,12 +55,6 @@ class Isotropic3DPipeline:
     :class:`~iso3d.generation.GenerateConfig`'s ``official`` and ``cpu_tiny``
     (:func:`~iso3d.models.precision.default_model_dtype`).
     """
-
-    def __init__(self, model: MultiViewDiffusion):
-        if not isinstance(model, MultiViewDiffusion):
-            raise TypeError(f"model must be a MultiViewDiffusion, got {type(model).__name__}")
-        self.model = model.eval()
-        self._progress: dict = {}
 
     @classmethod
     def from_pretrained(cls, path_or_id=None, *, device=None, dtype: torch.dtype | None = None,
@@ -78,23 +73,6 @@ class Isotropic3DPipeline:
         device, dtype = _device_and_dtype(device, dtype)
         model = MultiViewDiffusion.from_release_checkpoint(ckpt_path, backend=backend)
         return cls(model.to(device=device, dtype=dtype))
-
-    def set_progress_bar_config(self, **kwargs) -> None:
-        """tqdm options for every call's progress bar (``disable=True`` hides it)."""
-        self._progress = dict(kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.unet.parameters()).dtype
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Isotropic3DPipeline":
-        """Move and/or cast the model (in place); returns the pipeline."""
-        self.model.to(device=device, dtype=dtype)
-        return self
 
     def sample_views(self, image, **kwargs) -> MultiViewOutput:
         """The diffusion model's 4 views of ``image`` (:class:`MultiViewPipeline`'s call and options): a

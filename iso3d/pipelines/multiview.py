@@ -27,6 +27,8 @@ from iso3d.models.precision import default_model_dtype
 from iso3d.models.unet import ReferenceFrame
 from iso3d.utils.imports import require
 
+from .base import ModelPipeline
+
 __all__ = ["MultiViewOutput", "MultiViewPipeline"]
 
 
@@ -37,7 +39,7 @@ class MultiViewOutput:
     azimuth: torch.Tensor  # [V] degrees
 
 
-class MultiViewPipeline:
+class MultiViewPipeline(ModelPipeline):
     """``views = MultiViewPipeline.from_pretrained(bundle)(image)``.
 
     Example:
@@ -54,10 +56,7 @@ class MultiViewPipeline:
     """
 
     def __init__(self, model: MultiViewDiffusion, *, cuda_graph: bool = False):
-        if not isinstance(model, MultiViewDiffusion):
-            raise TypeError(f"model must be a MultiViewDiffusion, got {type(model).__name__}")
-        self.model = model.eval()
-        self._progress = {}
+        super().__init__(model)
         self.unet = CUDAGraphedForward(self.model.unet) if cuda_graph else self.model.unet
 
     @classmethod
@@ -68,22 +67,6 @@ class MultiViewPipeline:
         dtype = dtype or default_model_dtype(device)
         return cls(MultiViewDiffusion.from_pretrained(path_or_id, device=device, dtype=dtype, backend=backend),
                    cuda_graph=cuda_graph)
-
-    def set_progress_bar_config(self, **kwargs) -> None:
-        self._progress = kwargs
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "MultiViewPipeline":
-        """Move and/or cast the model (in place); returns the pipeline."""
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.unet.parameters()).dtype
 
     def scheduler(self):
         diffusers = require("diffusers", "MultiViewPipeline (DDIM)")
