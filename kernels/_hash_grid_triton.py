@@ -76,29 +76,6 @@ def _corner_weight(fx, fy, fz, bx: tl.constexpr, by: tl.constexpr, bz: tl.conste
     return wx, wy, wz
 
 
-# Two lanes. With F = 2 (the official config, tcnn's default) the kernels hold one 1D tensor per
-# feature instead of [BLOCK, F] tiles. Triton (3.9, sm_90a) lays a [BLOCK, 2] gather out as 16×2
-# threads per warp with scalar loads, and moves every per-point value (hash rows, corner weights) into
-# that layout through shared memory: 24 to 48 layout conversions and up to 79 barriers per program.
-# In lanes, every tensor shares the points' layout: no conversion, no barrier. Other F keep the tiles.
-
-
-@triton.jit
-def _load_pair(TABLE, row, mask):
-    # Both features of a row in one 64-bit (fp32) or 32-bit (fp16) load, as tcnn reads a level's
-    # features as one vector: half the gathers of two scalar loads. The launchers keep the table
-    # aligned to a row (hash_grid.pair_aligned). Little-endian: feature 0 is the low half.
-    if TABLE.dtype.element_ty == tl.float32:
-        bits = tl.load(TABLE.to(tl.pointer_type(tl.int64)) + row, mask=mask, other=0)
-        v0 = bits.to(tl.int32).to(tl.float32, bitcast=True)
-        v1 = (bits >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-    else:
-        bits = tl.load(TABLE.to(tl.pointer_type(tl.int32)) + row, mask=mask, other=0)
-        v0 = bits.to(tl.int16).to(TABLE.dtype.element_ty, bitcast=True).to(tl.float32)
-        v1 = (bits >> 16).to(tl.int16).to(TABLE.dtype.element_ty, bitcast=True).to(tl.float32)
-    return v0, v1
-
-
 @triton.jit
 def _hash_grid_fwd_kernel(
     X, TABLE, OUT, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points,
@@ -111,33 +88,17 @@ def _hash_grid_fwd_kernel(
     feats = tl.arange(0, F)
     scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
-    if F == 2:  # two 1D lanes (see "Two lanes" above)
-        a0 = tl.zeros([BLOCK], dtype=tl.float32)
-        a1 = tl.zeros([BLOCK], dtype=tl.float32)
-        for corner in tl.static_range(8):
-            bx = corner & 1
-            by = (corner >> 1) & 1
-            bz = (corner >> 2) & 1
-            v0, v1 = _load_pair(TABLE, _corner_row(gx, gy, gz, bx, by, bz, res, size, offset), mask)
-            wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-            w = wx * wy * wz
-            a0 += w * v0
-            a1 += w * v1
-        out = OUT + offs * (N_LEVELS * 2) + level * 2
-        tl.store(out, a0.to(OUT.dtype.element_ty), mask=mask)
-        tl.store(out + 1, a1.to(OUT.dtype.element_ty), mask=mask)
-    else:
-        acc = tl.zeros([BLOCK, F], dtype=tl.float32)
-        for corner in tl.static_range(8):
-            bx = corner & 1  # constexpr: static_range unrolls the loop
-            by = (corner >> 1) & 1
-            bz = (corner >> 2) & 1
-            row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
-            wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-            val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
-            acc += (wx * wy * wz)[:, None] * val.to(tl.float32)
-        out_ptr = OUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :]
-        tl.store(out_ptr, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
+        acc += (wx * wy * wz)[:, None] * val.to(tl.float32)
+    out_ptr = OUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :]
+    tl.store(out_ptr, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
 
 
 @triton.jit
@@ -153,38 +114,23 @@ def _hash_grid_bwd_kernel(
     feats = tl.arange(0, F)
     scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
+    dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], mask=mask[:, None], other=0.0)
+    dout = dout.to(tl.float32)
     dfx = tl.zeros([BLOCK], dtype=tl.float32)
     dfy = tl.zeros([BLOCK], dtype=tl.float32)
     dfz = tl.zeros([BLOCK], dtype=tl.float32)
-    if F == 2:
-        column = offs * (N_LEVELS * 2) + level * 2
-        d0 = tl.load(DOUT + column, mask=mask, other=0.0).to(tl.float32)
-        d1 = tl.load(DOUT + column + 1, mask=mask, other=0.0).to(tl.float32)
-    else:
-        dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], mask=mask[:, None], other=0.0)
-        dout = dout.to(tl.float32)
     for corner in tl.static_range(8):
         bx = corner & 1  # constexpr: static_range unrolls the loop
         by = (corner >> 1) & 1
         bz = (corner >> 2) & 1
         row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-        if F == 2:
-            if NEED_DTABLE:
-                w = wx * wy * wz
-                tl.atomic_add(DTABLE + row * 2, w * d0, mask=mask, sem="relaxed")
-                tl.atomic_add(DTABLE + row * 2 + 1, w * d1, mask=mask, sem="relaxed")
-            if NEED_DX:
-                v0, v1 = _load_pair(TABLE, row, mask)
-                g = v0 * d0 + v1 * d1
-        else:
-            ptrs = row[:, None] * F + feats[None, :]
-            if NEED_DTABLE:
-                tl.atomic_add(DTABLE + ptrs, (wx * wy * wz)[:, None] * dout, mask=mask[:, None], sem="relaxed")
-            if NEED_DX:
-                val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
-                g = tl.sum(val * dout, axis=1)  # dL/d(weight of this corner)
+        ptrs = row[:, None] * F + feats[None, :]
+        if NEED_DTABLE:
+            tl.atomic_add(DTABLE + ptrs, (wx * wy * wz)[:, None] * dout, mask=mask[:, None], sem="relaxed")
         if NEED_DX:
+            val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
+            g = tl.sum(val * dout, axis=1)  # dL/d(weight of this corner)
             # d(weight)/d(frac): ±1 on the differentiated axis times the other two factors.
             dfx += g * (wy * wz) * (1.0 if bx else -1.0)
             dfy += g * (wx * wz) * (1.0 if by else -1.0)
@@ -214,51 +160,6 @@ def _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_s
 
 
 @triton.jit
-def _jac_fwd_pairs(TABLE, OUT, JAC, offs, mask, level, fx, fy, fz, gx, gy, gz, scale, res, size, offset,
-                   jac_stride_d, jac_stride_level, jac_stride_point, N_LEVELS: tl.constexpr, BLOCK: tl.constexpr):
-    # _hash_grid_jac_fwd_kernel for F = 2, in two 1D lanes (see "Two lanes" above).
-    a0 = tl.zeros([BLOCK], dtype=tl.float32)
-    a1 = tl.zeros([BLOCK], dtype=tl.float32)
-    jx0 = tl.zeros([BLOCK], dtype=tl.float32)
-    jx1 = tl.zeros([BLOCK], dtype=tl.float32)
-    jy0 = tl.zeros([BLOCK], dtype=tl.float32)
-    jy1 = tl.zeros([BLOCK], dtype=tl.float32)
-    jz0 = tl.zeros([BLOCK], dtype=tl.float32)
-    jz1 = tl.zeros([BLOCK], dtype=tl.float32)
-    for corner in tl.static_range(8):
-        bx = corner & 1
-        by = (corner >> 1) & 1
-        bz = (corner >> 2) & 1
-        v0, v1 = _load_pair(TABLE, _corner_row(gx, gy, gz, bx, by, bz, res, size, offset), mask)
-        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-        w = wx * wy * wz
-        ex = (wy * wz) * (1.0 if bx else -1.0)
-        ey = (wx * wz) * (1.0 if by else -1.0)
-        ez = (wx * wy) * (1.0 if bz else -1.0)
-        a0 += w * v0
-        a1 += w * v1
-        jx0 += ex * v0
-        jx1 += ex * v1
-        jy0 += ey * v0
-        jy1 += ey * v1
-        jz0 += ez * v0
-        jz1 += ez * v1
-    out = OUT + offs * (N_LEVELS * 2) + level * 2
-    tl.store(out, a0.to(OUT.dtype.element_ty), mask=mask)
-    tl.store(out + 1, a1.to(OUT.dtype.element_ty), mask=mask)
-    lvl = level.to(tl.int64)
-    jac = JAC + lvl * jac_stride_level + offs * jac_stride_point
-    stride_d = lvl * 0 + jac_stride_d
-    dtype = JAC.dtype.element_ty
-    tl.store(jac, (jx0 * scale).to(dtype), mask=mask)
-    tl.store(jac + 1, (jx1 * scale).to(dtype), mask=mask)
-    tl.store(jac + stride_d, (jy0 * scale).to(dtype), mask=mask)
-    tl.store(jac + stride_d + 1, (jy1 * scale).to(dtype), mask=mask)
-    tl.store(jac + 2 * stride_d, (jz0 * scale).to(dtype), mask=mask)
-    tl.store(jac + 2 * stride_d + 1, (jz1 * scale).to(dtype), mask=mask)
-
-
-@triton.jit
 def _hash_grid_jac_fwd_kernel(
     X, TABLE, OUT, JAC, SCALES, RESOLUTIONS, OFFSETS, SIZES, n_points, jac_stride_d, jac_stride_level, jac_stride_point,
     N_LEVELS: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
@@ -270,87 +171,27 @@ def _hash_grid_jac_fwd_kernel(
     feats = tl.arange(0, F)
     scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
-    if F == 2:
-        _jac_fwd_pairs(TABLE, OUT, JAC, offs, mask, level, fx, fy, fz, gx, gy, gz, scale, res, size, offset,
-                       jac_stride_d, jac_stride_level, jac_stride_point, N_LEVELS, BLOCK)
-    else:
-        acc = tl.zeros([BLOCK, F], dtype=tl.float32)
-        jx = tl.zeros([BLOCK, F], dtype=tl.float32)
-        jy = tl.zeros([BLOCK, F], dtype=tl.float32)
-        jz = tl.zeros([BLOCK, F], dtype=tl.float32)
-        for corner in tl.static_range(8):
-            bx = corner & 1  # constexpr: static_range unrolls the loop
-            by = (corner >> 1) & 1
-            bz = (corner >> 2) & 1
-            row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
-            wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-            val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
-            acc += (wx * wy * wz)[:, None] * val
-            jx += ((wy * wz) * (1.0 if bx else -1.0))[:, None] * val
-            jy += ((wx * wz) * (1.0 if by else -1.0))[:, None] * val
-            jz += ((wx * wy) * (1.0 if bz else -1.0))[:, None] * val
-        column = level * F + feats[None, :]
-        tl.store(OUT + offs[:, None] * (N_LEVELS * F) + column, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
-        jac_ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
-        tl.store(jac_ptr, (jx * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
-        tl.store(jac_ptr + stride_d, (jy * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
-        tl.store(jac_ptr + 2 * stride_d, (jz * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
-
-
-@triton.jit
-def _jac_bwd_pairs(TABLE, DOUT, DJAC, DG, DTABLE, offs, mask, level, fx, fy, fz, gx, gy, gz, scale, res, size, offset,
-                   jac_stride_d, jac_stride_level, jac_stride_point, N_LEVELS: tl.constexpr, BLOCK: tl.constexpr,
-                   NEED_DTABLE: tl.constexpr, NEED_DX: tl.constexpr, DJAC_OUTER: tl.constexpr):
-    # _hash_grid_jac_bwd_kernel for F = 2, in two 1D lanes (see "Two lanes" above); returns (dfx, dfy, dfz).
-    column = offs * (N_LEVELS * 2) + level * 2
-    d0 = tl.load(DOUT + column, mask=mask, other=0.0).to(tl.float32)
-    d1 = tl.load(DOUT + column + 1, mask=mask, other=0.0).to(tl.float32)
-    if DJAC_OUTER:
-        v0 = tl.load(DJAC + column, mask=mask, other=0.0) * scale
-        v1 = tl.load(DJAC + column + 1, mask=mask, other=0.0) * scale
-        gx_ = tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)
-        gy_ = tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)
-        gz_ = tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)
-        djx0, djx1 = v0 * gx_, v1 * gx_
-        djy0, djy1 = v0 * gy_, v1 * gy_
-        djz0, djz1 = v0 * gz_, v1 * gz_
-    else:
-        lvl = level.to(tl.int64)
-        djac = DJAC + lvl * jac_stride_level + offs * jac_stride_point
-        stride_d = lvl * 0 + jac_stride_d
-        djx0 = tl.load(djac, mask=mask, other=0.0).to(tl.float32) * scale
-        djx1 = tl.load(djac + 1, mask=mask, other=0.0).to(tl.float32) * scale
-        djy0 = tl.load(djac + stride_d, mask=mask, other=0.0).to(tl.float32) * scale
-        djy1 = tl.load(djac + stride_d + 1, mask=mask, other=0.0).to(tl.float32) * scale
-        djz0 = tl.load(djac + 2 * stride_d, mask=mask, other=0.0).to(tl.float32) * scale
-        djz1 = tl.load(djac + 2 * stride_d + 1, mask=mask, other=0.0).to(tl.float32) * scale
-    dfx = tl.zeros([BLOCK], dtype=tl.float32)
-    dfy = tl.zeros([BLOCK], dtype=tl.float32)
-    dfz = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jx = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jy = tl.zeros([BLOCK, F], dtype=tl.float32)
+    jz = tl.zeros([BLOCK, F], dtype=tl.float32)
     for corner in tl.static_range(8):
-        bx = corner & 1
+        bx = corner & 1  # constexpr: static_range unrolls the loop
         by = (corner >> 1) & 1
         bz = (corner >> 2) & 1
-        sx = 1.0 if bx else -1.0
-        sy = 1.0 if by else -1.0
-        sz = 1.0 if bz else -1.0
         row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
-        ptr = row * 2
         wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-        if NEED_DTABLE:
-            w, ex, ey, ez = wx * wy * wz, sx * wy * wz, sy * wx * wz, sz * wx * wy
-            tl.atomic_add(DTABLE + ptr, w * d0 + ex * djx0 + ey * djy0 + ez * djz0, mask=mask, sem="relaxed")
-            tl.atomic_add(DTABLE + ptr + 1, w * d1 + ex * djx1 + ey * djy1 + ez * djz1, mask=mask, sem="relaxed")
-        if NEED_DX:
-            v0, v1 = _load_pair(TABLE, row, mask)
-            a = v0 * d0 + v1 * d1
-            cx = v0 * djx0 + v1 * djx1  # scale already folded into dJ
-            cy = v0 * djy0 + v1 * djy1
-            cz = v0 * djz0 + v1 * djz1
-            dfx += sx * (wy * wz * a + sy * wz * cy + sz * wy * cz)
-            dfy += sy * (wx * wz * a + sx * wz * cx + sz * wx * cz)
-            dfz += sz * (wx * wy * a + sx * wy * cx + sy * wx * cy)
-    return dfx, dfy, dfz
+        val = tl.load(TABLE + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+        acc += (wx * wy * wz)[:, None] * val
+        jx += ((wy * wz) * (1.0 if bx else -1.0))[:, None] * val
+        jy += ((wx * wz) * (1.0 if by else -1.0))[:, None] * val
+        jz += ((wx * wy) * (1.0 if bz else -1.0))[:, None] * val
+    column = level * F + feats[None, :]
+    tl.store(OUT + offs[:, None] * (N_LEVELS * F) + column, acc.to(OUT.dtype.element_ty), mask=mask[:, None])
+    jac_ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+    tl.store(jac_ptr, (jx * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + stride_d, (jy * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
+    tl.store(jac_ptr + 2 * stride_d, (jz * scale).to(JAC.dtype.element_ty), mask=mask[:, None])
 
 
 @triton.jit
@@ -371,49 +212,44 @@ def _hash_grid_jac_bwd_kernel(
     feats = tl.arange(0, F)
     scale, res, offset, size = _level_meta(SCALES, RESOLUTIONS, OFFSETS, SIZES, level)
     fx, fy, fz, gx, gy, gz = _split(X, offs, mask, scale)
-    if F == 2:
-        dfx, dfy, dfz = _jac_bwd_pairs(TABLE, DOUT, DJAC, DG, DTABLE, offs, mask, level, fx, fy, fz, gx, gy, gz,
-                                       scale, res, size, offset, jac_stride_d, jac_stride_level, jac_stride_point,
-                                       N_LEVELS, BLOCK, NEED_DTABLE, NEED_DX, DJAC_OUTER)
+    column = level * F + feats[None, :]
+    dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0).to(tl.float32)
+    if DJAC_OUTER:
+        v = tl.load(DJAC + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0) * scale
+        djx = v * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
+        djy = v * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
+        djz = v * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
     else:
-        dfx = tl.zeros([BLOCK], dtype=tl.float32)
-        dfy = tl.zeros([BLOCK], dtype=tl.float32)
-        dfz = tl.zeros([BLOCK], dtype=tl.float32)
-        column = level * F + feats[None, :]
-        dout = tl.load(DOUT + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0).to(tl.float32)
-        if DJAC_OUTER:
-            v = tl.load(DJAC + offs[:, None] * (N_LEVELS * F) + column, mask=mask[:, None], other=0.0) * scale
-            djx = v * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
-            djy = v * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
-            djz = v * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
-        else:
-            djac_ptr, stride_d = _jac_pointers(DJAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
-            djx = tl.load(djac_ptr, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-            djy = tl.load(djac_ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-            djz = tl.load(djac_ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
-        for corner in tl.static_range(8):
-            bx = corner & 1  # constexpr: static_range unrolls the loop
-            by = (corner >> 1) & 1
-            bz = (corner >> 2) & 1
-            sx = 1.0 if bx else -1.0
-            sy = 1.0 if by else -1.0
-            sz = 1.0 if bz else -1.0
-            row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
-            wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
-            ptrs = row[:, None] * F + feats[None, :]
-            if NEED_DTABLE:
-                grad_row = ((wx * wy * wz)[:, None] * dout + (sx * wy * wz)[:, None] * djx
-                            + (sy * wx * wz)[:, None] * djy + (sz * wx * wy)[:, None] * djz)
-                tl.atomic_add(DTABLE + ptrs, grad_row, mask=mask[:, None], sem="relaxed")
-            if NEED_DX:
-                val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
-                a = tl.sum(val * dout, axis=1)
-                cx = tl.sum(val * djx, axis=1)  # scale already folded into dJ
-                cy = tl.sum(val * djy, axis=1)
-                cz = tl.sum(val * djz, axis=1)
-                dfx += sx * (wy * wz * a + sy * wz * cy + sz * wy * cz)
-                dfy += sy * (wx * wz * a + sx * wz * cx + sz * wx * cz)
-                dfz += sz * (wx * wy * a + sx * wy * cx + sy * wx * cy)
+        djac_ptr, stride_d = _jac_pointers(DJAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+        djx = tl.load(djac_ptr, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+        djy = tl.load(djac_ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+        djz = tl.load(djac_ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * scale
+    dfx = tl.zeros([BLOCK], dtype=tl.float32)
+    dfy = tl.zeros([BLOCK], dtype=tl.float32)
+    dfz = tl.zeros([BLOCK], dtype=tl.float32)
+    for corner in tl.static_range(8):
+        bx = corner & 1  # constexpr: static_range unrolls the loop
+        by = (corner >> 1) & 1
+        bz = (corner >> 2) & 1
+        sx = 1.0 if bx else -1.0
+        sy = 1.0 if by else -1.0
+        sz = 1.0 if bz else -1.0
+        row = _corner_row(gx, gy, gz, bx, by, bz, res, size, offset)
+        wx, wy, wz = _corner_weight(fx, fy, fz, bx, by, bz)
+        ptrs = row[:, None] * F + feats[None, :]
+        if NEED_DTABLE:
+            grad_row = ((wx * wy * wz)[:, None] * dout + (sx * wy * wz)[:, None] * djx
+                        + (sy * wx * wz)[:, None] * djy + (sz * wx * wy)[:, None] * djz)
+            tl.atomic_add(DTABLE + ptrs, grad_row, mask=mask[:, None], sem="relaxed")
+        if NEED_DX:
+            val = tl.load(TABLE + ptrs, mask=mask[:, None], other=0.0).to(tl.float32)
+            a = tl.sum(val * dout, axis=1)
+            cx = tl.sum(val * djx, axis=1)  # scale already folded into dJ
+            cy = tl.sum(val * djy, axis=1)
+            cz = tl.sum(val * djz, axis=1)
+            dfx += sx * (wy * wz * a + sy * wz * cy + sz * wy * cz)
+            dfy += sy * (wx * wz * a + sx * wz * cx + sz * wx * cz)
+            dfz += sz * (wx * wy * a + sx * wy * cx + sy * wx * cy)
     if NEED_DX:
         tl.atomic_add(DX + offs * 3 + 0, dfx * scale, mask=mask, sem="relaxed")
         tl.atomic_add(DX + offs * 3 + 1, dfy * scale, mask=mask, sem="relaxed")
@@ -432,22 +268,8 @@ def _jac_matvec_kernel(
     offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = offs < n_points
     feats = tl.arange(0, F)
-    g0 = tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)
-    g1 = tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)
-    g2 = tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)
-    if F == 2:  # two lanes (see "Two lanes" above)
-        lvl = level.to(tl.int64)
-        jac = JAC + lvl * jac_stride_level + offs * jac_stride_point
-        stride_d = lvl * 0 + jac_stride_d
-        out = DV + offs * (N_LEVELS * 2) + level * 2
-        for f in tl.static_range(2):
-            dv = tl.load(jac + f, mask=mask, other=0.0).to(tl.float32) * g0
-            dv += tl.load(jac + stride_d + f, mask=mask, other=0.0).to(tl.float32) * g1
-            dv += tl.load(jac + 2 * stride_d + f, mask=mask, other=0.0).to(tl.float32) * g2
-            tl.store(out + f, dv, mask=mask)
-    else:
-        ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
-        dv = tl.load(ptr, mask=mask[:, None], other=0.0).to(tl.float32) * g0[:, None]
-        dv += tl.load(ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * g1[:, None]
-        dv += tl.load(ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * g2[:, None]
-        tl.store(DV + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], dv, mask=mask[:, None])
+    ptr, stride_d = _jac_pointers(JAC, offs, level, feats, jac_stride_d, jac_stride_level, jac_stride_point)
+    dv = tl.load(ptr, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 0, mask=mask, other=0.0)[:, None]
+    dv += tl.load(ptr + stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 1, mask=mask, other=0.0)[:, None]
+    dv += tl.load(ptr + 2 * stride_d, mask=mask[:, None], other=0.0).to(tl.float32) * tl.load(DG + offs * 3 + 2, mask=mask, other=0.0)[:, None]
+    tl.store(DV + offs[:, None] * (N_LEVELS * F) + level * F + feats[None, :], dv, mask=mask[:, None])

@@ -100,7 +100,9 @@ def ptx_report(ptx: str) -> str:
     """``"barriers B"``, plus ``", ordered atomics N"`` for a kernel with atomics.
 
     Barriers (``bar.sync``) mostly come from layout conversions through shared memory: the hash-grid
-    kernels had 31 to 79 before their F = 2 lanes. Ordered atomics: ``tl.atomic_add``'s default
+    kernels have 31 to 79. Fewer is not faster by itself: the F = 2 lanes that removed them all made the
+    official SDS step 1.13-1.30x slower on an H100 and were reverted (benchmarks/RESULTS.md, eighteenth
+    session). Ordered atomics: ``tl.atomic_add``'s default
     ``sem="acq_rel"`` becomes ``atom.acq_rel``, which ptxas surrounds with a ``MEMBAR.ALL.GPU`` and an
     L1 invalidation (``CCTL.IVALL``) for every atomic; a sum read after the kernel needs
     ``sem="relaxed"`` (``red.relaxed``)."""

@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._backends import cdiv, select_backend, triton_device_reasons
-from .hash_grid import BLOCK as GRID_BLOCK, HashGridConfig, _check_inputs, _launch_backward, _level_tables, pair_aligned
+from .hash_grid import BLOCK as GRID_BLOCK, HashGridConfig, _check_inputs, _launch_backward, _level_tables
 from .mlp_head import check_head_weights, launch_head_backward, launch_head_forward
 from .reference import hash_grid_density_with_gradient_ref
 
@@ -31,7 +31,6 @@ class _DensityGradientFunction(torch.autograd.Function):
         from . import _hash_grid_triton as grid_k
 
         n, levels, f = x.shape[0], config.n_levels, config.n_features_per_level
-        table = pair_aligned(table, config)
         feats = torch.empty(n, config.n_output_dims, device=x.device, dtype=table.dtype)
         jac = torch.empty(3, levels, n, f, device=x.device, dtype=table.dtype)
         strides = jac.stride()[:3]  # (axis, level, point) in elements; the feature stride is 1

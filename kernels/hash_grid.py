@@ -66,14 +66,6 @@ def _launch_backward(ctx, kernel, *grads, extra_args=(), constexprs=None):
     return (dx if need_dx else None), (dtable.to(table.dtype) if need_dtable else None), None
 
 
-def pair_aligned(table: torch.Tensor, config: HashGridConfig) -> torch.Tensor:
-    """The table, copied if needed so that each row of F = 2 features starts on a 2·itemsize boundary:
-    the Triton kernels read a row in one load (``_load_pair``), which a view at an odd offset breaks."""
-    if config.n_features_per_level == 2 and table.data_ptr() % (2 * table.element_size()):
-        return table.clone()
-    return table
-
-
 def axis_major_strides(config: HashGridConfig) -> tuple[int, int, int]:
     """Element strides (axis, level, point) of J stored as ``[P, 3, L·F]``."""
     return config.n_output_dims, config.n_features_per_level, 3 * config.n_output_dims
@@ -84,7 +76,6 @@ class _HashGridFunction(torch.autograd.Function):
     def forward(ctx, x, table, config):
         from . import _hash_grid_triton as tk
 
-        table = pair_aligned(table, config)
         meta = _level_tables(config, x.device)
         out = torch.empty(x.shape[0], config.n_output_dims, device=x.device, dtype=table.dtype)
         grid = (cdiv(x.shape[0], BLOCK), config.n_levels)
@@ -108,7 +99,6 @@ class _HashGridJacobianFunction(torch.autograd.Function):
         from . import _hash_grid_triton as tk
 
         n_out = config.n_output_dims
-        table = pair_aligned(table, config)
         out = torch.empty(x.shape[0], n_out, device=x.device, dtype=table.dtype)
         jac = torch.empty(x.shape[0], 3, n_out, device=x.device, dtype=table.dtype)  # axis-major: see the kernel
         grid = (cdiv(x.shape[0], BLOCK), config.n_levels)

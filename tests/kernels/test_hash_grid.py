@@ -5,7 +5,7 @@ import torch
 
 from iso3d.kernels import BackendUnavailableError
 from iso3d.kernels.hash_grid import (TOLERANCES, HashGridConfig, hash_grid_encode, hash_grid_encode_with_jacobian,
-                                     init_hash_grid_params, pair_aligned)
+                                     init_hash_grid_params)
 from iso3d.kernels.hash_grid_config import HASH_PRIMES
 
 OFFICIAL = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
@@ -97,28 +97,6 @@ def test_triton_matches_twin(cfg_index, n_points, dtype, device):
     # Input gradient: d(weights)/dx = ±scale·(…), scale up to ~100 here; compare relative to its size.
     dx_twin, dx_tri = grads[0][0].float(), grads[1][0].float()
     assert (dx_tri - dx_twin).abs().max() <= tol["rtol"] * 10 * (1 + dx_twin.abs().max())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_triton_reads_a_table_view_at_an_odd_offset(dtype, device):
-    # The F = 2 kernels read a row's two features in one load, which needs the row aligned to
-    # 2·itemsize: a table that is a view at an odd offset is copied first (pair_aligned), and its
-    # values and gradient are the same as an aligned copy's.
-    cfg = SMALL[0]
-    storage = (torch.rand(cfg.n_params + 1, generator=torch.Generator().manual_seed(7)) * 2 - 1).to(device, dtype)
-    x = _points(97, seed=3).to(device)
-    cot = torch.randn(x.shape[0], cfg.n_output_dims, generator=torch.Generator().manual_seed(4)).to(device, dtype)
-    results = []
-    for table in (storage[1:], storage[1:].clone()):  # misaligned view, aligned copy
-        ts = table.detach().requires_grad_()
-        y = hash_grid_encode(x, ts, cfg, backend="triton")
-        results.append((y, torch.autograd.grad(y, ts, cot)[0]))
-    view, aligned = storage[1:], storage[1:].clone()
-    assert view.data_ptr() % (2 * view.element_size()) != 0
-    assert pair_aligned(view, cfg).data_ptr() % (2 * view.element_size()) == 0
-    assert pair_aligned(aligned, cfg) is aligned  # no copy when the rows are aligned
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
-    torch.testing.assert_close(results[0][1], results[1][1], **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("cfg_index", range(len(SMALL)))
