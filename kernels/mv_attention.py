@@ -20,21 +20,20 @@ TRITON_MAX_HEAD_DIM = 128  # largest padded tile the tuned configs keep in regis
 
 
 def auto_order(device_type: str, has_reference: bool) -> list[str]:
-    """The backends ``backend="auto"`` tries, best first.
+    """The backends ``backend="auto"`` tries, best first: on CUDA the Triton kernel, then the twin.
 
-    On CUDA, measured on an H200 (benchmarks/RESULTS.md, 2026-11-26): without a reference block
-    PyTorch's SDPA on the concatenated views (cuDNN/flash) beat the Triton kernel at every UNet level
-    (the kernel at 0.38–0.82× of its speed) and in the official UNet's forward (26.1 against 30.0 ms for
-    8 frames at 32² latents), so the twin goes first: this is the SDS step's case (CLIP-only guidance).
-    With an EMA reference the concatenation copies every level's tokens and the kernel won the UNet
-    (1.49× forward, 1.17× forward + backward): stage-2 training. Elsewhere only the twin runs natively.
+    Measured where it counts, in the CUDA-graphed official SDS step (bf16, H100, 2026-11-27,
+    benchmarks/RESULTS.md, eighteenth session): the kernel took 191.3 ms at 256² and 73.8 ms at 64²,
+    SDPA on the concatenated views 211.8 and 75.4 ms. (An H200 table of the UNet alone had SDPA ahead
+    without a reference block; inside the step it was not, so the kernel goes first either way.)
+    ``has_reference`` is kept so the order can depend on it again if a measurement says so.
 
     >>> auto_order("cuda", has_reference=False), auto_order("cuda", has_reference=True), auto_order("cpu", True)
-    (['torch', 'triton'], ['triton', 'torch'], ['torch'])
+    (['triton', 'torch'], ['triton', 'torch'], ['torch'])
     """
     if device_type != "cuda":
         return ["torch"]
-    return ["triton", "torch"] if has_reference else ["torch", "triton"]
+    return ["triton", "torch"]
 
 
 def _new_buffer(shape, *, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
