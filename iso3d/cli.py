@@ -65,11 +65,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .generation import generate
 
     device = _resolve_device(args.device)
-    asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
-                     resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
-                     guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface,
-                     mesh_threshold=args.mesh_threshold,
-                     dtype=None if args.dtype is None else _DTYPES[args.dtype])
+    try:
+        asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
+                         resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
+                         guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface,
+                         mesh_threshold=args.mesh_threshold,
+                         dtype=None if args.dtype is None else _DTYPES[args.dtype])
+    except KeyboardInterrupt as exc:  # generate saved the checkpoint; say how to go on, not a traceback
+        print(f"{exc or 'generate: interrupted'}", file=sys.stderr)
+        if (Path(args.output) / "checkpoint.pt").exists():
+            print("continue it: the same command with --resume", file=sys.stderr)
+        return 130  # the shell's code for SIGINT
+    except FloatingPointError as exc:  # the loss went NaN/Inf: the message names the last good checkpoint
+        print(exc, file=sys.stderr)
+        return 1
     print(f"wrote the asset of {asset.run['steps']} steps ({asset.run['seconds']:.0f}s) to {args.output}: "
           "mesh.glb/.obj/.ply, turntable.gif (+ .mp4), views.png, field.pt, run.json")
     return _report_mesh(json.loads((Path(args.output) / "run.json").read_text()))

@@ -42,6 +42,7 @@ from iso3d.models.precision import supported_model_dtype
 from iso3d.nerf import FieldConfig, ImplicitVolume, RendererConfig, VolumeRenderer
 from iso3d.sds import SDSConfig, TimestepSchedule, x0_reconstruction_loss
 from iso3d.utils.checkpoint import CheckpointWriter
+from iso3d.utils.interrupt import StepInterrupt
 
 __all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
@@ -435,38 +436,45 @@ def generate(
 
     start = time.time()
     bar = tqdm(**{"desc": "generate", **progress_options, "total": config.steps, "initial": step})
+
+    def notice():
+        bar.write("generate: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop now)")
+
     try:
-        while step < config.steps:
-            torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            step_start, stats = time.perf_counter(), {}
-            loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet, encode=encode,
-                            stats=stats)
-            if config.reference_loss_weight > 0:
-                loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            # Checked after the backward is queued (so the host does not wait for the forward before
-            # launching it) and before the update (so a bad step never reaches the field).
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"generate: the loss became {loss.item()} at step {step}; stopped. "
-                    + (f"The last good checkpoint is {out_dir / CHECKPOINT}." if out_dir else "No checkpoint (out=None)."))
-            optim.step()
-            step += 1
-            losses.append(round(loss.item(), 6))  # .item() waits for the GPU: the step's time below is whole
-            step_seconds.append(round(time.perf_counter() - step_start, 5))
-            samples_per_ray.append(round(stats["samples_per_ray"], 2))
-            marched_per_ray.append(round(stats["marched_per_ray"], 2))
-            if step % config.grid_update_every == 0 or step == 1:
-                renderer.update_occupancy(fld, step, every=1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint()
+        with StepInterrupt(notice) as interrupt:
+            while step < config.steps:
+                torch.manual_seed(seed * 1_000_003 + step)  # every step's randomness depends on (seed, step) only
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+                step_start, stats = time.perf_counter(), {}
+                loss = sds_step(model, fld, renderer, token, acp, config, step, gen, unet=unet, encode=encode,
+                                stats=stats)
+                if config.reference_loss_weight > 0:
+                    loss = loss + config.reference_loss_weight * reference_view_loss(fld, renderer, rgba[0], config)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                # Checked after the backward is queued (so the host does not wait for the forward before
+                # launching it) and before the update (so a bad step never reaches the field).
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(
+                        f"generate: the loss became {loss.item()} at step {step}; stopped. "
+                        + (f"The last good checkpoint is {out_dir / CHECKPOINT}." if out_dir else "No checkpoint (out=None)."))
+                optim.step()
+                step += 1
+                losses.append(round(loss.item(), 6))  # .item() waits for the GPU: the step's time below is whole
+                step_seconds.append(round(time.perf_counter() - step_start, 5))
+                samples_per_ray.append(round(stats["samples_per_ray"], 2))
+                marched_per_ray.append(round(stats["marched_per_ray"], 2))
+                if step % config.grid_update_every == 0 or step == 1:
+                    renderer.update_occupancy(fld, step, every=1)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    save_checkpoint()
+                interrupt.check()  # Ctrl-C stops here, once the step and its records are whole
     except KeyboardInterrupt:
         save_checkpoint(wait=True)  # keep what exists; --resume continues from here
-        raise
+        where = f"; its checkpoint is {out_dir / CHECKPOINT} (resume=True continues it)" if out_dir else ""
+        raise KeyboardInterrupt(f"generate: interrupted after step {step} of {config.steps}{where}") from None
     finally:
         bar.close()
         if writer is not None:

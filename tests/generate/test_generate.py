@@ -73,22 +73,29 @@ def test_short_run_writes_every_output(model, tmp_path):
         assert trimesh.load(tmp_path / other / "mesh.ply").is_watertight, other
 
 
-def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch, how):
+    import signal
+
     import iso3d.generation as g
 
     straight = generate(EXAMPLE, model, config=_config(6), seed=1, progress=False)
     real_step = g.sds_step
 
     def interrupted(*args, **kwargs):
-        if args[6] == 4:  # the step argument: Ctrl-C arrives during step 4
-            raise KeyboardInterrupt
+        if args[6] == 3:  # the step argument: Ctrl-C arrives during the fourth step (index 3)
+            if how == "exception":  # as Python raises it when no handler defers it: the step is lost
+                raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C: the step finishes, with its records
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(g, "sds_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    kept = 4 if how == "signal" else 3
+    with pytest.raises(KeyboardInterrupt, match=f"interrupted after step {kept} of 6; its checkpoint is "):
         generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, progress=False)
     monkeypatch.setattr(g, "sds_step", real_step)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == kept and len(saved["losses"]) == len(saved["samples_per_ray"]) == kept
     resumed = generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, resume=True, progress=False)
     assert resumed.run["losses"] == straight.run["losses"]
     assert resumed.run["samples_per_ray"] == straight.run["samples_per_ray"]  # the records survive the resume
@@ -96,6 +103,32 @@ def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch)
     assert len(resumed.run["step_seconds"]) == 6
     for (name, a), b in zip(straight.field.state_dict().items(), resumed.field.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_cli_ctrl_c_exits_130_and_says_how_to_resume(model, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import iso3d.generation as g
+    from iso3d.cli import main
+
+    real_generate, real_step = g.generate, g.sds_step
+
+    def small_generate(image, _model, *, seed, out, resume, **_cli_options):  # the CLI's call, on this test's model
+        return real_generate(image, model, config=_config(6), seed=seed, out=out, resume=resume, progress=False)
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(g, "generate", small_generate)
+    monkeypatch.setattr(g, "sds_step", interrupted)
+    out = tmp_path / "run"
+    assert main(["generate", EXAMPLE, "-o", str(out), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted after step 2 of 6; its checkpoint is {out / 'checkpoint.pt'}" in err
+    assert "the same command with --resume" in err and "Traceback" not in err
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
 def test_nan_loss_stops_and_keeps_the_checkpoint(model, tmp_path, monkeypatch):
