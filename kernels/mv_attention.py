@@ -22,11 +22,12 @@ TRITON_MAX_HEAD_DIM = 128  # largest padded tile the tuned configs keep in regis
 def auto_order(device_type: str, has_reference: bool) -> list[str]:
     """The backends ``backend="auto"`` tries, best first: on CUDA the Triton kernel, then the twin.
 
-    Measured where it counts, in the CUDA-graphed official SDS step (bf16, H100, 2026-11-27,
-    benchmarks/RESULTS.md, eighteenth session): the kernel took 191.3 ms at 256² and 73.8 ms at 64²,
-    SDPA on the concatenated views 211.8 and 75.4 ms. (An H200 table of the UNet alone had SDPA ahead
-    without a reference block; inside the step it was not, so the kernel goes first either way.)
-    ``has_reference`` is kept so the order can depend on it again if a measurement says so.
+    Measured in the CUDA-graphed official SDS step (bf16, H100, 2026-11-27, benchmarks/RESULTS.md,
+    eighteenth session): side by side in one run the kernel took 191.3 ms at 256² and 73.8 ms at 64²,
+    SDPA on the concatenated views 211.8 and 75.4 ms; across two runs of the density-head cases the
+    two differed by 2.5 % or less, either way. An H200 table of the UNet alone (eager) had SDPA ahead
+    without a reference block, but no in-step measurement favours it, so the kernel stays first, as
+    in every full-run estimate. ``has_reference`` is kept so the order can depend on it again.
 
     >>> auto_order("cuda", has_reference=False), auto_order("cuda", has_reference=True), auto_order("cpu", True)
     (['triton', 'torch'], ['triton', 'torch'], ['torch'])
