@@ -11,7 +11,7 @@
   ``cuda_graph``: the optimized path with the UNet's CFG forward replayed from a CUDA graph
   (``GenerateConfig.cuda_graph``); ``cuda_graph_sdpa_attention``: the same with PyTorch's SDPA on the
   concatenated views instead of the Triton attention kernel that ``"auto"`` picks on CUDA
-  (``kernels.mv_attention.auto_order``: the kernel was 1.11x faster at 256² in this step on an H100).
+  (``kernels.mv_attention.auto_order``; RESULTS.md, eighteenth session: 1.11x for the kernel at 256² in one A/B, no difference across two other runs).
 * ``test_sds_step_field_state``: the optimized step on the initial blob (what every other case
   times: a soft ball whose samples are never pruned, so a pessimistic stand-in for a whole run) and on
   a sharp-surfaced ball like a field a few hundred steps into a run (``FIELD_STATES``), so that a
