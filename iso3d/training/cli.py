@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["add_object_sampling_arguments", "add_train_parser", "object_sampling_from_args", "run_train"]
@@ -148,7 +149,11 @@ def run_train(args: argparse.Namespace, device) -> int:
                                   lr_schedule="constant" if encoder else base.lr_schedule,
                                   cosine_to_time_limit=base.cosine_to_time_limit and not encoder,
                                   encoder_colour_jitter=args.encoder_colour_jitter if encoder else 0.0)
-        result = train(model, cfg, out / stage, resume=args.resume, device=device)
+        try:
+            result = train(model, cfg, out / stage, resume=args.resume, device=device)
+        except KeyboardInterrupt as exc:  # train saved the step it finished; say how to go on, not a traceback
+            print(f"{exc or 'train: interrupted'}", file=sys.stderr)
+            return 130  # the shell's code for SIGINT
         bundle = model.save_pretrained(out / stage / "bundle")
         (out / stage / "result.json").write_text(json.dumps({**result, "config": dataclasses.asdict(cfg)}, indent=2))
         print(f"{stage}: {result['step']} steps, final loss {result['loss']:.4f}, {result['seconds']:.0f}s -> {bundle}")

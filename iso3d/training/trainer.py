@@ -15,6 +15,7 @@ continues exactly. Loss curves go to ``log.jsonl``; sample grids to ``samples/``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from iso3d.io import composite_on_white
 from iso3d.models.bundle import MultiViewDiffusion
 from iso3d.models.image_encoder import preprocess_images
 from iso3d.models.unet import ReferenceFrame
+from iso3d.utils.interrupt import StepInterrupt
 
 __all__ = ["DataConfig", "TrainConfig", "train"]
 
@@ -325,45 +327,57 @@ def train(model: MultiViewDiffusion, cfg: TrainConfig, out_dir: str | Path, *, r
     model.train()
     model.image_encoder.train(cfg.stage == "encoder")
     stopped_early = False
-    while step < cfg.steps:
-        if _out_of_time(start, cfg.time_limit, device):
-            stopped_early = True
-            if rank == 0:
-                _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
-            break
-        indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
-        batch = _batch(dataset, indices, device)
-        with autocast:
-            loss = (contrastive_loss(model, batch, logit_scale, gen, cfg.encoder_colour_jitter) if cfg.stage == "encoder"
-                    else diffusion_loss(model, batch, cfg, gen))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")
-        optim.zero_grad(set_to_none=True)
-        lr = cfg.lr_at(step, time.time() - start)
-        for group in optim.param_groups:
-            group["lr"] = lr
-        scaler.scale(loss).backward()
-        _average_gradients(params)
-        scaler.step(optim)
-        scaler.update()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay_at(step))
-        step += 1
-        loss_value = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "lr": lr,
-                                  "time": time.time() - start}) + "\n")
-            log.flush()
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
-        if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
-            _save_samples(model, dataset, out / "samples" / f"{cfg.stage}_{step:06d}.png")
-    bar.close()
-    if log is not None:
-        log.close()
+    # Ctrl-C stops between steps (iso3d.utils.interrupt), single-process only: under torchrun every
+    # rank would have to stop at the same step, or the gradient all-reduce hangs.
+    deferral = (StepInterrupt(lambda: bar.write("train: Ctrl-C: stopping after this step and saving a checkpoint "
+                                                 "(Ctrl-C again: stop now)"))
+                if world == 1 else contextlib.nullcontext())
+    try:
+        with deferral as interrupt:
+            while step < cfg.steps:
+                if _out_of_time(start, cfg.time_limit, device):
+                    stopped_early = True
+                    if rank == 0:
+                        _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
+                    break
+                indices = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen)
+                batch = _batch(dataset, indices, device)
+                with autocast:
+                    loss = (contrastive_loss(model, batch, logit_scale, gen, cfg.encoder_colour_jitter) if cfg.stage == "encoder"
+                            else diffusion_loss(model, batch, cfg, gen))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}; the last good checkpoint is kept in {out / 'checkpoints'}")
+                optim.zero_grad(set_to_none=True)
+                lr = cfg.lr_at(step, time.time() - start)
+                for group in optim.param_groups:
+                    group["lr"] = lr
+                scaler.scale(loss).backward()
+                _average_gradients(params)
+                scaler.step(optim)
+                scaler.update()
+                if ema is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay_at(step))
+                step += 1
+                loss_value = loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                    log.write(json.dumps({"stage": cfg.stage, "step": step, "loss": loss_value, "lr": lr,
+                                          "time": time.time() - start}) + "\n")
+                    log.flush()
+                if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                    _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
+                if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
+                    _save_samples(model, dataset, out / "samples" / f"{cfg.stage}_{step:06d}.png")
+                if interrupt is not None and interrupt.requested:  # Ctrl-C: this step is whole; keep it
+                    path = _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema)
+                    raise KeyboardInterrupt(f"train: {cfg.stage} interrupted after step {step}; its checkpoint is {path} "
+                                            "(resume=True / --resume continues it)")
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
     if ema is not None:  # the model leaves training holding the average (what gets saved and sampled)
         with torch.no_grad():
             for p, e in zip(params, ema):
@@ -384,6 +398,7 @@ def _save_checkpoint(out, model, optim, logit_scale, step, cfg, gen, ema=None):
     tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
     for old in _checkpoints(out)[:-2]:  # keep the last two
         old.unlink()
+    return path
 
 
 @torch.no_grad()

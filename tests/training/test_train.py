@@ -130,6 +130,20 @@ def test_train_command_checks_sampling_flags():
         main(["train", "stage1", "--out", "unused", "--encoder-colour-jitter", "0.3"])
 
 
+def test_train_command_exits_130_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    import iso3d.training.trainer as trainer
+    from iso3d.cli import main
+
+    def interrupted(model, cfg, out, **kwargs):
+        raise KeyboardInterrupt(f"train: {cfg.stage} interrupted after step 3; its checkpoint is {out}/checkpoints/step_0000003.pt")
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(["train", "stage1", "--out", str(tmp_path), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "stage1 interrupted after step 3" in err and "Traceback" not in err
+    assert not (tmp_path / "stage1" / "bundle").exists()  # nothing half-trained is saved as a finished stage
+
+
 def test_resume_continues_exactly(dataset, tmp_path):
     cfg = TrainConfig(stage="stage2", steps=4, batch_size=2, lr=1e-3, checkpoint_every=2, data=DataConfig(cache_dir=None))
     straight = _model()
@@ -145,6 +159,33 @@ def test_resume_continues_exactly(dataset, tmp_path):
     with pytest.raises(ValueError, match="latest checkpoint is from stage 'stage2'"):
         train(_model(), dataclasses.replace(cfg, stage="stage1", steps=6), tmp_path / "b", dataset=dataset,
               progress=False, resume=True)
+
+
+def test_ctrl_c_keeps_the_finished_step_and_resume_continues_exactly(dataset, tmp_path, monkeypatch):
+    import signal
+
+    import iso3d.training.trainer as trainer
+
+    cfg = TrainConfig(stage="stage1", steps=4, batch_size=2, lr=1e-3, checkpoint_every=10, data=DataConfig(cache_dir=None))
+    straight = _model()
+    train(straight, cfg, tmp_path / "a", dataset=dataset, progress=False)
+    real_loss, calls = trainer.diffusion_loss, []
+
+    def loss_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C during the second step: it still finishes and is saved
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "diffusion_loss", loss_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="stage1 interrupted after step 2; its checkpoint is .*step_0000002.pt"):
+        train(_model(), cfg, tmp_path / "b", dataset=dataset, progress=False)
+    monkeypatch.setattr(trainer, "diffusion_loss", real_loss)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = _model()
+    assert train(resumed, cfg, tmp_path / "b", dataset=dataset, progress=False, resume=True)["step"] == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after the interrupted run's resume"
 
 
 def _ddp_worker(rank, world, port, out, result):
