@@ -99,6 +99,20 @@
 # real bf16 generate steps (against the eighth session's fp32 trace) and checkpoints on a GPU; (3) the
 # CUDA-graph capture test with both attention backends; (4) whether the carried nerfacc build loads
 # without compiling (the summary line "nerfacc: the carried build loads as nerfacc.csrc").
+# Eighteenth session (H100; RESULTS.md): the F = 2 lanes made the step 1.13-1.30x slower and were
+# reverted (kernels = 82e3dd0's: relaxed atomics), attention "auto" is the Triton kernel first again,
+# and the estimate is 16.0 min with its 64^2 stage measured on b6c3066's kernels. Next (about 9.5 min of
+# run): the kernels' tests natively, the density-head step of this tree at both stages (the estimate's
+# input; b6c3066's was 16.4 min on the same kind of machine), and a bf16 trace long enough to pass the
+# switch to 256^2 (the 75 s one reached step 1,200 at ~44 ms per step and kept 4-17 % fewer samples
+# per ray than the fp32 trace the estimate uses); it writes $OUT/trace.json for estimate_run.py --trace:
+#   (carry .whl, runs/device13/nerfacc_build.tgz)
+#   TRAIN=0 TESTS="tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
+#     BENCHES=density_head HEAD_K=fused TRACE=300 NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     bash benchmarks/gpu_session.sh
+# then: python benchmarks/generate/estimate_run.py <bench_density_head.json> --trace <trace.json or
+# benchmarks/figures/trace_h100_s8.json>. Note: since the eighteenth session the trace's SIGINT ends
+# the run after the step in progress (iso3d.utils.interrupt) and saves its checkpoint.
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
@@ -344,10 +358,18 @@ TRACE_DTYPE=${TRACE_DTYPE:-bf16}
 if [ "$TRACE" -gt 0 ]; then
   ISO3D_TRITON_AUTOTUNE=0 timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda --dtype "$TRACE_DTYPE" \
     > "$LOGS/trace.log" 2>&1
-  python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
+  OUT="$OUT" TRACE_DTYPE="$TRACE_DTYPE" python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
+import json, os
 import torch
 s = torch.load("/tmp/trace/checkpoint.pt", map_location="cpu", weights_only=False)
 spr, sec = s["samples_per_ray"], s["step_seconds"]
+# In estimate_run.py's --trace format (as benchmarks/figures/trace_h100_s8.json), with the step times
+json.dump({"what": f"samples per ray kept per SDS step of iso3d generate examples/red_ball.png --steps 10000 "
+                   f"--device cuda --dtype {os.environ['TRACE_DTYPE']} (official field, renderer, schedule; "
+                   f"iso3d-tiny guidance), stopped at step {len(spr)}",
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "switch_to_256_at_step": 5000, "samples_per_ray": spr, "step_seconds": sec,
+           "marched_per_ray": s.get("marched_per_ray")}, open(os.path.join(os.environ["OUT"], "trace.json"), "w"))
 marched = [0.0 if m is None else m for m in s.get("marched_per_ray", [])]  # None: a step recorded before the field existed
 edges = [0, 1, 10, 50, 100, 200, 300, 400, 500, 750] + list(range(1000, len(spr) + 500, 500))
 for a, e in zip(edges, edges[1:]):
