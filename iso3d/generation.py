@@ -426,13 +426,16 @@ def generate(
     # Written in the background (iso3d.utils.checkpoint): an official checkpoint is ~150 MB.
     writer = CheckpointWriter(out_dir / CHECKPOINT) if out_dir is not None else None
 
-    def save_checkpoint(wait: bool = False):
-        if writer is not None:
+    saved_step = None  # the step the last checkpoint holds: Ctrl-C right after one does not write it again
+
+    def save_checkpoint():
+        nonlocal saved_step
+        if writer is not None and saved_step != step:
             writer.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
                          "step": step, "losses": losses, "step_seconds": step_seconds,
                          "samples_per_ray": samples_per_ray, "marched_per_ray": marched_per_ray, "seed": seed,
-                         "model_dtype": config.model_dtype},
-                        wait=wait)
+                         "model_dtype": config.model_dtype})
+            saved_step = step
 
     start = time.time()
     bar = tqdm(**{"desc": "generate", **progress_options, "total": config.steps, "initial": step})
@@ -472,7 +475,7 @@ def generate(
                     save_checkpoint()
                 interrupt.check()  # Ctrl-C stops here, once the step and its records are whole
     except KeyboardInterrupt:
-        save_checkpoint(wait=True)  # keep what exists; --resume continues from here
+        save_checkpoint()  # keep what exists (unless the step's checkpoint is already written); --resume continues
         where = f"; its checkpoint is {out_dir / CHECKPOINT} (resume=True continues it)" if out_dir else ""
         raise KeyboardInterrupt(f"generate: interrupted after step {step} of {config.steps}{where}") from None
     finally:

@@ -105,6 +105,31 @@ def test_ctrl_c_saves_and_resume_continues_exactly(model, tmp_path, monkeypatch,
         assert torch.equal(a, b), name
 
 
+def test_ctrl_c_right_after_a_checkpoint_does_not_write_it_again(model, tmp_path, monkeypatch):
+    import signal
+
+    import iso3d.generation as g
+    from iso3d.utils.checkpoint import CheckpointWriter
+
+    real_step, real_save, written = g.sds_step, CheckpointWriter.save, []
+
+    def interrupted(*args, **kwargs):
+        if args[6] == 2:  # during the third step, whose end is a checkpoint (checkpoint_every=3)
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    def counting_save(self, state, **kwargs):
+        written.append(state["step"])
+        return real_save(self, state, **kwargs)
+
+    monkeypatch.setattr(g, "sds_step", interrupted)
+    monkeypatch.setattr(CheckpointWriter, "save", counting_save)
+    with pytest.raises(KeyboardInterrupt, match="interrupted after step 3 of 6"):
+        generate(EXAMPLE, model, config=_config(6), seed=1, out=tmp_path, progress=False)
+    assert written == [3]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3  # on disk before the raise
+
+
 def test_cli_ctrl_c_exits_130_and_says_how_to_resume(model, tmp_path, monkeypatch, capsys):
     import signal
 
