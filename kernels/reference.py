@@ -14,7 +14,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .hash_grid_config import HashGridConfig
 
-__all__ = ["hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "hash_grid_density_with_gradient_ref", "jacobian_transpose_times", "joint_attention_via_concat",
+__all__ = ["group_norm_ref", "hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "hash_grid_density_with_gradient_ref", "jacobian_transpose_times", "joint_attention_via_concat",
            "mlp_head_with_input_grad_ref",
            "mv_attention_naive", "mv_attention_ref"]
 
@@ -231,3 +231,20 @@ def jacobian_transpose_times(jac: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     batched matrix product of P 1×K×3 problems, which cuBLAS launches in chunks of 65535 (~50 ms of a
     256² SDS step on an H100, ninth session's profile)."""
     return (jac * v[:, :, None]).sum(1)
+
+
+def group_norm_ref(
+    x: torch.Tensor,  # [N, C, *spatial]
+    num_groups: int,
+    weight: torch.Tensor | None = None,  # [C]
+    bias: torch.Tensor | None = None,  # [C]
+    eps: float = 1e-5,
+    *,
+    silu: bool = False,
+) -> torch.Tensor:  # [N, C, *spatial], x's dtype
+    """PyTorch twin of :func:`iso3d.kernels.group_norm.group_norm`: ``F.group_norm`` (then SiLU) in
+    fp32 (float64 stays float64), rounded once to ``x``'s dtype, as the kernel does."""
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cast = lambda t: None if t is None else t.to(work)  # noqa: E731
+    y = F.group_norm(x.to(work), num_groups, cast(weight), cast(bias), eps)
+    return (F.silu(y) if silu else y).to(x.dtype)
