@@ -1,4 +1,5 @@
-"""Faster VAE encodes for the SDS step: channels-last layout, cuDNN autotuning, ``torch.compile``.
+"""Faster VAE encodes for the SDS step: channels-last layout, fused GroupNorm + SiLU, cuDNN autotuning,
+``torch.compile``.
 
 Why: every SDS step encodes its rendered views through the VAE's encoder and back-propagates
 through it (on an H200, 26 ms of the official step for 8 views and 16 ms for 4; benchmarks/RESULTS.md).
@@ -6,8 +7,12 @@ Unlike the UNet's forward this time grows with the batch, so it is bound by arit
 launches, and a CUDA graph would not pay. What can pay is faster convolutions: the NHWC layout that
 cuDNN's bf16 tensor-core kernels prefer, cuDNN's autotuned algorithm choice for the fixed shapes of
 a run, or inductor's fusion of the GroupNorm + SiLU pairs. ``benchmarks/models/bench_vae_encode.py``
-times each (benchmarks/RESULTS.md): only the compile pays, and since its compile time is about what
+times each (benchmarks/RESULTS.md): only the compile paid, and since its compile time is about what
 it saves over a run, :class:`~iso3d.generation.GenerateConfig` offers it as ``compile_vae``, off.
+Channels-last alone was 1.4× slower: PyTorch's CUDA GroupNorm returns NCHW, so every norm converts
+layouts twice. ``fused_group_norm`` swaps the encoder's GroupNorm → SiLU pairs for
+:func:`iso3d.kernels.group_norm` (:mod:`iso3d.models.fused_norm`), which keeps the layout and fuses
+the pair, with no compile time; it has not been timed on a GPU yet.
 
 Example (iso3d-tiny works in pixel space, so every option leaves ``x ↦ 2x − 1``)::
 
@@ -32,7 +37,8 @@ import torch
 __all__ = ["cudnn_autotune", "latent_encoder"]
 
 
-def latent_encoder(model, *, channels_last: bool = False, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def latent_encoder(model, *, channels_last: bool = False, compile: bool = False,
+                   fused_group_norm: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model.encode_images`` (``[B, 3, H, W]`` in [0, 1] → UNet space), optionally faster.
 
     Args:
@@ -42,13 +48,21 @@ def latent_encoder(model, *, channels_last: bool = False, compile: bool = False)
         compile: wrap the encode in ``torch.compile(dynamic=False)``: each new input shape compiles
             once, on its first call (~35 s on an H100). In SDS the images are always resized to the
             model's size, so the shapes differ by batch: 8 images in the 64² stage, 4 in the 256² one.
+        fused_group_norm: swap the VAE encoder's GroupNorm → SiLU pairs for one fused op **in place**
+            (:func:`~iso3d.models.fused_norm.fuse_group_norm_silu`: Triton on CUDA, the PyTorch twin on
+            the CPU; same parameters, values equal up to fp32 summation order).
 
     Models without a VAE (pixel space, iso3d-tiny) have nothing to speed up: the options are ignored.
     """
-    if not isinstance(channels_last, bool) or not isinstance(compile, bool):
-        raise TypeError(f"channels_last and compile must be bools, got {channels_last!r} and {compile!r}")
+    for name, value in (("channels_last", channels_last), ("compile", compile), ("fused_group_norm", fused_group_norm)):
+        if not isinstance(value, bool):
+            raise TypeError(f"latent_encoder: {name} must be a bool, got {value!r}")
     if model.vae is None:
         return model.encode_images
+    if fused_group_norm:
+        from iso3d.models.fused_norm import fuse_group_norm_silu
+
+        fuse_group_norm_silu(model.vae.encoder)
     encode = model.encode_images
     if channels_last:
         model.vae.to(memory_format=torch.channels_last)

@@ -42,6 +42,27 @@ def test_channels_last_encode_matches_plain_values_and_gradients(shape):
     assert g.abs().sum() > 0
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fused_group_norm_encode_matches_plain(channels_last):
+    # On the CPU the fused op runs its PyTorch twin: this checks the swap (every encoder pair fused,
+    # the decoder untouched); tests/models/test_fused_norm.py runs the Triton kernels inside the VAE.
+    from iso3d.models.fused_norm import GroupNormSiLU
+
+    model = _latent_model()
+    x = torch.rand(2, 3, 16, 24)
+    z_ref, g_ref = _encode_and_grad(model.encode_images, x)
+    encode = latent_encoder(model, channels_last=channels_last, fused_group_norm=True)
+    encoder = model.vae.encoder
+    fused = [m for m in encoder.modules() if isinstance(m, GroupNormSiLU)]
+    plain = [m for m in encoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(fused) == 2 * 4 + 1  # norm1, norm2 of the 4 resnets and the output norm
+    assert plain == [a.group_norm for a in encoder.mid_block.attentions]  # no SiLU follows these
+    assert not any(isinstance(m, GroupNormSiLU) for m in model.vae.decoder.modules())
+    z, g = _encode_and_grad(encode, x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor on the CPU needs a C++ compiler")
 def test_compiled_encode_matches_plain_values_and_gradients():
     # ~40 s on 2 cores: inductor compiles the forward and the backward once
@@ -63,8 +84,10 @@ def test_pixel_space_model_ignores_options_and_bad_options_fail():
     x = torch.rand(2, 3, 16, 16)
     for options in (dict(channels_last=True), dict(compile=True)):
         assert torch.equal(latent_encoder(model, **options)(x), 2 * x - 1)
-    with pytest.raises(TypeError, match="channels_last and compile must be bools"):
+    with pytest.raises(TypeError, match="latent_encoder: channels_last must be a bool"):
         latent_encoder(model, channels_last="yes")
+    with pytest.raises(TypeError, match="latent_encoder: fused_group_norm must be a bool"):
+        latent_encoder(model, fused_group_norm=1)
 
 
 def test_cudnn_autotune_sets_and_restores_the_flag():
