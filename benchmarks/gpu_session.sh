@@ -113,6 +113,20 @@
 # then: python benchmarks/generate/estimate_run.py <bench_density_head.json> --trace <trace.json or
 # benchmarks/figures/trace_h100_s8.json>. Note: since the eighteenth session the trace's SIGINT ends
 # the run after the step in progress (iso3d.utils.interrupt) and saves its checkpoint.
+# Nineteenth session (no GPU): a GroupNorm → SiLU Triton op that keeps the channels-last layout
+# (iso3d.kernels.group_norm), swapped into the VAE encoder by latent_encoder(fused_group_norm=True).
+# The 64^2 step's fixed cost (59 of 73 ms) is mostly the UNet and the VAE encode + backward (ninth
+# session's profile: 278 cuDNN layout transforms per step), and channels-last alone was 1.4x slower
+# because PyTorch's GroupNorm returns NCHW. Nothing of it is timed yet. Next, two calls on one machine:
+#   A (about 5 min of run; carry .whl, runs/device13/nerfacc_build.tgz): the new op's and the hash
+#   grid's tests natively, the op alone, the VAE alone, and the density-head step with the VAE as now
+#   and channels-last + fused norms (provider suffix _vae_nhwc_gn: its own row in estimate_run.py):
+#   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
+#     BENCHES="vae group_norm density_head" VAE_K="eager or fused_norm or channels_last and not cudnn" HEAD_K=fused \
+#     NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+#   B (about 5 min): the bf16 trace past step 5000 (TRAIN=0 TESTS="" BENCHES="" TRACE=280 ...).
+# then: python benchmarks/generate/estimate_run.py <A's bench_density_head.json> --trace <B's trace.json
+# or benchmarks/figures/trace_h100_s8.json>. If vae_nhwc_gn wins, wire it into generate (GenerateConfig).
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
@@ -285,7 +299,7 @@ bench() {  # name timeout pytest-args...
 }
 wait $SELFTEST; say "selftest: $(tail -4 "$LOGS/selftest.log" | tr '\n' ' ')"
 # The VAE-encode benchmark needs no nerfacc: it runs while nerfacc compiles (CPU), before the rest.
-case " $BENCHES " in *" vae "*) bench vae "${VAE_LIMIT:-140}" benchmarks/models/bench_vae_encode.py ;; esac
+case " $BENCHES " in *" vae "*) bench vae "${VAE_LIMIT:-140}" benchmarks/models/bench_vae_encode.py ${VAE_K:+-k "$VAE_K"} ;; esac
 [ "$NERFACC" = 1 ] && { wait $NERFACC_PID; say "nerfacc: $(tail -1 "$LOGS/nerfacc_build.log")"; }
 # Keep nerfacc's build (~90 s of a lease) for a later call to carry: see NERFACC_BUILD above.
 if [ "$NERFACC" = 0 ]; then
@@ -303,6 +317,7 @@ for b in $BENCHES; do
     hash_render) bench hash_render 45 benchmarks/kernels/bench_hash_grid.py benchmarks/nerf/bench_render.py ;;
     jacobian) bench jacobian "${JACOBIAN_LIMIT:-120}" benchmarks/kernels/bench_hash_grid.py -k "jacobian and 22" ;;
     mlp_head) bench mlp_head "${MLP_HEAD_LIMIT:-120}" benchmarks/kernels/bench_mlp_head.py ;;  # 45 s was too short (ninth session)
+    group_norm) bench group_norm "${GROUP_NORM_LIMIT:-60}" benchmarks/kernels/bench_group_norm.py ;;
     density_head) bench density_head "${HEAD_LIMIT:-150}" benchmarks/generate/bench_sds_step.py -k "density_head ${HEAD_K:+and $HEAD_K}" ;;
     density_gradient) bench density_gradient "${GRADIENT_LIMIT:-90}" benchmarks/kernels/bench_density_gradient.py ${GRADIENT_K:+-k "$GRADIENT_K"} ;;
   esac

@@ -6,6 +6,8 @@ and ``torch`` (the twin :func:`~iso3d.kernels.reference.group_norm_ref`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -37,6 +39,7 @@ def _as_n_hw_c(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     return t, (n_stride, c_stride, hw_stride)
 
 
+@functools.lru_cache(maxsize=None)
 def _target_programs(device: torch.device) -> int:
     """How many (sample, chunk, channel-block) programs the reductions aim for: 4 per SM on a GPU; a
     few under the interpreter (tests raise it to exercise many chunks)."""
@@ -196,6 +199,8 @@ def group_norm(
     """
     _check(x, num_groups, weight, bias, eps, silu)
     reasons = {"triton": triton_device_reasons(x.device, x.dtype), "torch": []}
+    if x.numel() >= 2**31:  # the kernels' offsets are int32
+        reasons["triton"].append(f"x has {x.numel()} elements; the kernels index at most 2^31 - 1")
     order = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]
     if select_backend("group_norm", backend, reasons, order) == "torch":
         return group_norm_ref(x, num_groups, weight, bias, eps, silu=silu)

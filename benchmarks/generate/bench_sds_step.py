@@ -18,7 +18,7 @@
   full-run estimate can be bracketed.
 * ``test_sds_step_vae_options``: the fastest step so far (sharp-surfaced field, CUDA-graphed UNet)
   with the VAE encode sped up (``iso3d.models.latent_encoder``: cuDNN autotuning, channels-last,
-  ``torch.compile``), to see whether what ``benchmarks/models/bench_vae_encode.py`` saves survives in
+  ``torch.compile``, the fused GroupNorm → SiLU with and without channels-last), to see whether what ``benchmarks/models/bench_vae_encode.py`` saves survives in
   a whole step.
 * ``test_sds_step_phases``: the optimized step's parts timed alone (render + its backward with each
   kind of normals, VAE encode + its backward eagerly and through ``torch.compile``, the UNet's CFG
@@ -34,6 +34,8 @@ per step on 2 cores), fp32, renders at the model's 32².
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import time
 
@@ -231,19 +233,30 @@ def test_sds_step_field_state(run_bench, bench_device, smoke, model, stage, fiel
     _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head=None)
 
 
+# The VAE encode of the density-head cases: as generate runs it (NCHW, PyTorch's norms), or channels-last
+# with the fused GroupNorm → SiLU (iso3d.models.fused_norm). Ids avoid "fused": -k fused picks the head.
+DENSITY_HEAD_VAES = {"vae_nchw": dict(), "vae_nhwc_gn": dict(channels_last=True, fused_group_norm=True)}
+
+
+@pytest.mark.parametrize("vae", list(DENSITY_HEAD_VAES))
 @pytest.mark.parametrize("density_head", ["fused", "triton", "torch"])
 @pytest.mark.parametrize("field_state", list(FIELD_STATES))
 @pytest.mark.parametrize("stage", [64, 256])
-def test_sds_step_density_head(run_bench, bench_device, smoke, model, stage, field_state, density_head):
+def test_sds_step_density_head(run_bench, bench_device, smoke, model, stage, field_state, density_head, vae):
     """The fastest step (graphed UNet) with analytic normals through the fused op (hash grid + density
     MLP + ∂raw/∂x: ``fused``), or through the separate ops with the density head (the MLP and its input
-    gradient) as its Triton kernel (``triton``) or its PyTorch twin (``torch``, the baseline) (GPU only)."""
+    gradient) as its Triton kernel (``triton``) or its PyTorch twin (``torch``, the baseline) (GPU only).
+    ``vae_nhwc_gn``: the same with the VAE encode channels-last and its norms fused (provider suffix
+    ``_vae_nhwc_gn``, so ``estimate_run.py`` gives it a row of its own)."""
     if bench_device.type != "cuda":
         pytest.skip("the fused density head runs only in Triton's interpreter on CPU, and CUDA graphs need a GPU")
-    _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, True, density_head=density_head)
+    with _vae_encode(model, **DENSITY_HEAD_VAES[vae]) as encode:
+        _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, True, density_head=density_head,
+                          encode=encode, suffix="" if vae == "vae_nchw" else f"_{vae}")
 
 
-def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head):
+def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state, graphed, density_head, encode=None,
+                      suffix=""):
     on_gpu = bench_device.type == "cuda"
     if graphed and not on_gpu:
         pytest.skip("CUDA graphs need a GPU")
@@ -253,7 +266,7 @@ def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state,
     cfg, fld, renderer = _setup(model, cfg, bench_device, "optimized" if on_gpu else "naive", field_state=field_state,
                                 prune=True, build_grid=True, density_head=density_head)
     unet = CUDAGraphedForward(model.unet) if graphed else None
-    step = _training_step(model, cfg, fld, renderer, bench_device, unet)
+    step = _training_step(model, cfg, fld, renderer, bench_device, unet, encode)
     samples = []
     with torch.no_grad():  # how many samples the field is evaluated at (after the grid and pruning)
         views = sample_sds_views(cfg.views, batch=cfg.milestones[0][2], generator=torch.Generator().manual_seed(0))
@@ -267,7 +280,7 @@ def _field_state_case(run_bench, bench_device, smoke, model, stage, field_state,
         provider = f"{field_state}_graphed" if graphed else field_state
         group = f"sds step field state {label} {frames} views {size}^2 render"
         if density_head is not None:
-            provider, group = f"{field_state}_{density_head}_head", f"sds step density head {label} {frames} views {size}^2 render"
+            provider, group = f"{field_state}_{density_head}_head{suffix}", f"sds step density head {label} {frames} views {size}^2 render"
         run_bench(step, group=group, provider=provider,
                   baseline="blob_torch_head" if density_head else "blob", work=1, unit="steps/s",
                   max_rounds=None if on_gpu else 3,
@@ -350,9 +363,25 @@ def test_sds_step_phases(run_bench, bench_device, smoke, model, stage, phase):
         pytest.fail(f"unet_cfg_graphed timed eager calls: {graphed.disabled_reason or 'no replay'}")
 
 
-# (channels_last, cudnn_benchmark, compile) of the VAE encode (iso3d.models.latent_encoder)
-STEP_VAE_OPTIONS = {"plain": (False, False, False), "cudnn_benchmark": (False, True, False),
-                    "channels_last_cudnn_benchmark": (True, True, False), "compiled_vae": (False, False, True)}
+@contextlib.contextmanager
+def _vae_encode(model, *, channels_last=False, compile=False, fused_group_norm=False):
+    """The VAE encode with ``latent_encoder``'s options; the model's VAE is as it was afterwards (the
+    fused norms are swapped into a copy, and the layout is set back)."""
+    plain_vae = model.vae
+    if fused_group_norm and plain_vae is not None:
+        model.vae = copy.deepcopy(plain_vae)
+    try:
+        yield latent_encoder(model, channels_last=channels_last, compile=compile, fused_group_norm=fused_group_norm)
+    finally:
+        model.vae = plain_vae
+        if channels_last and plain_vae is not None:
+            plain_vae.to(memory_format=torch.contiguous_format)
+
+
+# (channels_last, cudnn_benchmark, compile, fused_group_norm) of the VAE encode (iso3d.models.latent_encoder)
+STEP_VAE_OPTIONS = {"plain": (False, False, False, False), "cudnn_benchmark": (False, True, False, False),
+                    "channels_last_cudnn_benchmark": (True, True, False, False), "compiled_vae": (False, False, True, False),
+                    "fused_norm_vae": (False, False, False, True), "channels_last_fused_norm_vae": (True, False, False, True)}
 
 
 @pytest.mark.parametrize("option", list(STEP_VAE_OPTIONS))
@@ -361,29 +390,25 @@ def test_sds_step_vae_options(run_bench, bench_device, smoke, model, stage, opti
     """The surface-field step with the graphed UNet (GPU) and the VAE encode made faster, vs ``plain``.
     On CPU the tiny model has no VAE: the options run as no-ops (the code path is checked, not timed)."""
     on_gpu = bench_device.type == "cuda"
-    channels_last, cudnn_benchmark, compile = STEP_VAE_OPTIONS[option]
+    channels_last, cudnn_benchmark, compile, fused = STEP_VAE_OPTIONS[option]
     if compile and not on_gpu:
         pytest.skip("compiled_vae: inductor takes about a minute on 2 CPU cores, and the CPU model has no VAE")
     cfg, fld, renderer = _setup(model, _config(bench_device, smoke, stage), bench_device,
                                 "optimized" if on_gpu else "naive", field_state="surface", prune=True, build_grid=True)
     unet = CUDAGraphedForward(model.unet) if on_gpu else None
-    encode = latent_encoder(model, channels_last=channels_last, compile=compile)
-    step = _training_step(model, cfg, fld, renderer, bench_device, unet, encode)
     size, batch = cfg.milestones[0][1] or model.config.image_size, cfg.milestones[0][2]
     label = "official bf16" if on_gpu and not smoke else "tiny fp32"
-    try:
-        with cudnn_autotune(cudnn_benchmark):
-            start = time.perf_counter()
-            step()  # compiles / searches algorithms for this shape; a run pays it once per milestone
-            if on_gpu:
-                torch.cuda.synchronize(bench_device)
-            first = time.perf_counter() - start
-            run_bench(step, group=f"sds step vae options {label} {batch * cfg.views.n_views} views {size}^2 render",
-                      provider=option, baseline="plain", work=1, unit="steps/s", max_rounds=None if on_gpu else 3,
-                      extra=dict(model=label, render_size=size, field_state="surface", cuda_graph=unet is not None,
-                                 vae_channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, compiled_vae=compile,
-                                 first_call_s=round(first, 3)))
+    with _vae_encode(model, channels_last=channels_last, compile=compile, fused_group_norm=fused) as encode, \
+            cudnn_autotune(cudnn_benchmark):
+        step = _training_step(model, cfg, fld, renderer, bench_device, unet, encode)
+        start = time.perf_counter()
+        step()  # compiles / searches algorithms for this shape; a run pays it once per milestone
+        if on_gpu:
+            torch.cuda.synchronize(bench_device)
+        first = time.perf_counter() - start
+        run_bench(step, group=f"sds step vae options {label} {batch * cfg.views.n_views} views {size}^2 render",
+                  provider=option, baseline="plain", work=1, unit="steps/s", max_rounds=None if on_gpu else 3,
+                  extra=dict(model=label, render_size=size, field_state="surface", cuda_graph=unet is not None,
+                             vae_channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, compiled_vae=compile,
+                             fused_norm_vae=fused, first_call_s=round(first, 3)))
         _fail_if_eager(unet)
-    finally:
-        if channels_last and model.vae is not None:
-            model.vae.to(memory_format=torch.contiguous_format)
