@@ -89,6 +89,8 @@ def _compile(launch: _Launch, tile, arch: int) -> str:
         else:
             bm, bn, warps, stages = tile
             extra, options = {"BLOCK_M": bm, "BLOCK_N": bn}, {"num_warps": warps, "num_stages": stages}
+    if "num_warps" in launch.kwargs:  # a launch option, not a kernel argument
+        options.setdefault("num_warps", launch.kwargs["num_warps"])
     signature, constants = _signature(jit, launch.args, launch.kwargs, extra)
     compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", arch, 32), options=options)
@@ -222,12 +224,38 @@ def _record_density(dtype: torch.dtype) -> list[_Launch]:
     return [launch for r in recorders.values() for launch in r.launches]
 
 
+def _record_group_norm(dtype: torch.dtype) -> list[_Launch]:
+    """GroupNorm → SiLU forward and backward on a channels-last input in ``dtype`` (the strides are not
+    specialized here, so an NCHW input would compile to the same code)."""
+    from . import _group_norm_triton as tk
+    from .group_norm import _launch_backward, _launch_forward
+
+    names = ["_stats_kernel", "_finalize_stats_kernel", "_apply_kernel", "_bwd_partials_kernel", "_finalize_bwd_kernel",
+             "_bwd_apply_kernel"]
+    originals = {n: getattr(tk, n) for n in names}
+    recorders = {n: _Recorder(k) for n, k in originals.items()}
+    weight, bias = torch.ones(64, dtype=dtype), torch.zeros(64, dtype=dtype)
+    try:
+        for n, r in recorders.items():
+            setattr(tk, n, r)
+        x = torch.zeros(2, 64, 8, 8, dtype=dtype).to(memory_format=torch.channels_last)
+        _, _, mean, rstd = _launch_forward(x, weight, bias, 32, 1e-6, True)
+        _launch_backward(x, torch.zeros_like(x), mean, rstd, weight, bias, 32, True, True)
+    finally:
+        for n, kernel in originals.items():
+            setattr(tk, n, kernel)
+    return [launch for n in names for launch in recorders[n].launches]
+
+
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALL_MODES = ("none", "full", "kv")
 
 
-def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles: bool = True, log=print) -> int:
+def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles: bool = True,
+                group_norm_dtypes=None, log=print) -> int:
     """Compile the kernels for ``dtypes`` × reference ``modes``; returns the number of compilations.
+
+    ``group_norm_dtypes``: the dtypes for the GroupNorm kernels (None: ``dtypes``).
 
     ``all_tiles``: also every autotuning tile of the mv_attention kernels (for bf16 with the full
     reference). Raises on the first failure.
@@ -240,6 +268,12 @@ def compile_all(arch: int = 90, *, dtypes=ALL_DTYPES, modes=ALL_MODES, all_tiles
     from . import _mlp_head_triton as head_k
 
     count = 0
+    for dtype in dtypes if group_norm_dtypes is None else group_norm_dtypes:
+        for launch in _record_group_norm(dtype):
+            t0 = time.perf_counter()
+            report = _compile(launch, None, arch)
+            count += 1
+            log(f"ok  {launch.kernel.fn.__name__} {str(dtype)[6:]} ({time.perf_counter() - t0:.1f}s) {report}")
     for dtype in dtypes:
         for launch in _record_hash_grid(dtype):
             t0 = time.perf_counter()

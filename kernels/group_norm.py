@@ -16,7 +16,11 @@ from .reference import group_norm_ref
 
 __all__ = ["group_norm"]
 
-TILE_ELEMENTS = 4096  # BLOCK_HW · BLOCK_C per program (untuned; 32 fp32 values per thread at 4 warps)
+# BLOCK_HW · BLOCK_C per program and warps of the four streaming kernels. Untuned: chosen for sm_90a
+# registers (compile_check: ≤ 48 per thread, so ~40 warps per SM can hide memory latency; 4096 at 4
+# warps took 100-165) and 8 bf16 values per thread per load (one 16-byte access).
+TILE_ELEMENTS = 2048
+NUM_WARPS = 8
 MAX_BLOCK_C = 64
 FINALIZE_BLOCK_K = 32
 
@@ -69,7 +73,7 @@ def _launch_forward(x, weight, bias, groups: int, eps: float, silu: bool):
     m2_p = torch.empty_like(mean_p)
     tk._stats_kernel[(n * lay["n_chunks"], lay["c_blocks"])](
         x, mean_p, m2_p, c, hw, lay["chunk"], lay["n_chunks"], sxn, sxc, sxhw,
-        BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"])
+        BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"], num_warps=NUM_WARPS)
     mean = torch.empty(n * groups, **f32)
     rstd = torch.empty_like(mean)
     cpg = c // groups
@@ -81,7 +85,7 @@ def _launch_forward(x, weight, bias, groups: int, eps: float, silu: bool):
     n_tiles = cdiv(hw, lay["block_hw"])
     tk._apply_kernel[(n * n_tiles, lay["c_blocks"])](
         x, y, mean, rstd, weight, bias, c, hw, cpg, groups, n_tiles, sxn, sxc, sxhw, syn, syc, syhw,
-        SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"])
+        SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"], num_warps=NUM_WARPS)
     return x, y, mean, rstd
 
 
@@ -98,7 +102,7 @@ def _launch_backward(x, dy, mean, rstd, weight, bias, groups: int, silu: bool, n
     p2 = torch.empty_like(p1)
     tk._bwd_partials_kernel[(n * lay["n_chunks"], lay["c_blocks"])](
         x, dy, mean, rstd, weight, bias, p1, p2, c, hw, lay["chunk"], lay["n_chunks"], cpg, groups,
-        sxn, sxc, sxhw, sdn, sdc, sdhw, SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"])
+        sxn, sxc, sxhw, sdn, sdc, sdhw, SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"], num_warps=NUM_WARPS)
     s1 = torch.empty_like(mean)
     s2 = torch.empty_like(mean)
     tk._finalize_bwd_kernel[(n * groups,)](
@@ -109,7 +113,7 @@ def _launch_backward(x, dy, mean, rstd, weight, bias, groups: int, silu: bool, n
     tk._bwd_apply_kernel[(n * n_tiles, lay["c_blocks"])](
         x, dy, dx, mean, rstd, weight, bias, s1, s2, c, hw, cpg, groups, n_tiles,
         sxn, sxc, sxhw, sdn, sdc, sdhw, sxn2, sxc2, sxhw2,
-        SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"])
+        SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"], num_warps=NUM_WARPS)
     if not need_affine_grads:
         return dx, None, None
     return dx, p2.sum(0), p1.sum(0)  # dw = Σ dz·x̂, dβ = Σ dz, over samples and positions
