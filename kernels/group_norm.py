@@ -21,7 +21,9 @@ __all__ = ["group_norm"]
 # warps took 100-165) and 8 bf16 values per thread per load (one 16-byte access).
 TILE_ELEMENTS = 2048
 NUM_WARPS = 8
-MAX_BLOCK_C = 64
+# Channels per tile: channels-last rows are C-contiguous, so 64 channels (128 bytes of bf16) per
+# position; NCHW rows are HW-contiguous, so few channels and long runs of positions (256 bytes).
+MAX_BLOCK_C = {"channels_fastest": 64, "positions_fastest": 16}
 FINALIZE_BLOCK_K = 32
 
 
@@ -50,9 +52,9 @@ def _target_programs(device: torch.device) -> int:
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _layout(n: int, c: int, hw: int, device: torch.device) -> dict:
+def _layout(n: int, c: int, hw: int, device: torch.device, channels_fastest: bool = True) -> dict:
     """Tile and chunking of a launch: enough (sample, chunk, channel-block) programs to fill the GPU."""
-    block_c = min(_next_pow2(c), MAX_BLOCK_C)
+    block_c = min(_next_pow2(c), MAX_BLOCK_C["channels_fastest" if channels_fastest else "positions_fastest"])
     block_hw = max(16, min(TILE_ELEMENTS // block_c, _next_pow2(hw)))
     c_blocks = cdiv(c, block_c)
     target = _target_programs(device)
@@ -67,7 +69,7 @@ def _launch_forward(x, weight, bias, groups: int, eps: float, silu: bool):
     n, c = x.shape[:2]
     hw = x[0, 0].numel()
     x, (sxn, sxc, sxhw) = _as_n_hw_c(x)
-    lay = _layout(n, c, hw, x.device)
+    lay = _layout(n, c, hw, x.device, channels_fastest=sxc == 1)
     f32 = dict(device=x.device, dtype=torch.float32)
     mean_p = torch.empty(n * lay["n_chunks"], c, **f32)
     m2_p = torch.empty_like(mean_p)
@@ -96,7 +98,7 @@ def _launch_backward(x, dy, mean, rstd, weight, bias, groups: int, silu: bool, n
     hw = x[0, 0].numel()
     x, (sxn, sxc, sxhw) = _as_n_hw_c(x)
     dy, (sdn, sdc, sdhw) = _as_n_hw_c(dy)
-    lay = _layout(n, c, hw, x.device)
+    lay = _layout(n, c, hw, x.device, channels_fastest=sxc == 1)
     cpg = c // groups
     p1 = torch.empty(n * lay["n_chunks"], c, device=x.device, dtype=torch.float32)
     p2 = torch.empty_like(p1)
