@@ -197,8 +197,8 @@ class Asset:
     def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "Asset":
         """The asset that :meth:`save` (``iso3d generate -o FOLDER``) wrote: its field and config from
         ``field.pt``, its record from ``run.json`` when there is one, and the renderer's occupancy grid
-        from ``checkpoint.pt`` when that is of the same step (else the renderer samples densely until
-        :meth:`VolumeRenderer.update_occupancy`).
+        from ``checkpoint.pt`` when that is of the same step (else the grid is rebuilt from the field,
+        :meth:`VolumeRenderer.rebuild_occupancy`, so renders skip empty space as the run's did).
 
         >>> asset = Asset.load("out/demo")  # doctest: +SKIP
         >>> asset.config = dataclasses.replace(asset.config, mesh_surface="density")  # doctest: +SKIP
@@ -220,11 +220,14 @@ class Asset:
         field.load_state_dict(state["field"])
         run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
         renderer = VolumeRenderer(config.renderer).to(device).eval()
+        field = field.to(device).eval()
         if (folder / CHECKPOINT).is_file():
             saved = torch.load(folder / CHECKPOINT, map_location=device, weights_only=True)
             if saved.get("step") == run.get("steps"):  # the final checkpoint: its grid is the field's
                 renderer.load_occupancy_state(saved.get("grid"), device)
-        return cls(field.to(device).eval(), renderer, config, run)
+        if not renderer.grid_ready:
+            renderer.rebuild_occupancy(field)
+        return cls(field, renderer, config, run)
 
     def save(self, out_dir: str | Path, *, turntable_frames: int = 12, turntable_size: int = 64) -> Path:
         """Write mesh.{glb,obj,ply}, turntable.gif (+ .mp4 with imageio-ffmpeg), views.png, field.pt, run.json."""

@@ -171,6 +171,19 @@ class VolumeRenderer(nn.Module):
         )
         self.grid_ready = True
 
+    @torch.no_grad()
+    def rebuild_occupancy(self, field: ImplicitVolume) -> None:
+        """The grid from scratch for ``field`` as it is: every cell's density evaluated once (at a
+        jittered point, nerfacc's warm-up update) from an empty grid. For a field loaded without its
+        run's grid; a run's own grid is an EMA over its updates, so the two differ slightly."""
+        estimator = self.estimator(next(field.parameters()).device)
+        estimator.occs.zero_()
+        step_size = self.config.render_step_size
+        estimator.update_every_n_steps(step=0, occ_eval_fn=lambda x: field.density(x) * step_size,
+                                       occ_thre=self.config.grid_alpha_threshold, ema_decay=self.config.grid_ema_decay,
+                                       warmup_steps=1, n=1)  # step 0 < warm-up: all cells
+        self.grid_ready = True
+
     @property
     def alpha_threshold(self) -> float:
         """The α threshold of the pruning now: nerfacc's ``min(prune_alpha_threshold, mean(occupancy))``."""

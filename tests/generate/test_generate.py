@@ -242,8 +242,13 @@ def test_a_saved_asset_loads_as_it_was(model, tmp_path):
     assert loaded.renderer.grid_ready and asset.renderer.grid_ready
     assert torch.equal(loaded.renderer.occupancy_state()["binaries"], asset.renderer.occupancy_state()["binaries"])
     assert torch.allclose(loaded.render_turntable(2, 16), asset.render_turntable(2, 16), atol=1e-6)
-    (tmp_path / "checkpoint.pt").unlink()  # without it, the grid starts empty (dense sampling), nothing fails
-    assert not Asset.load(tmp_path).renderer.grid_ready
+    # Without the checkpoint the grid is rebuilt from the field: nearly the run's (an EMA of its updates).
+    (tmp_path / "checkpoint.pt").unlink()
+    rebuilt = Asset.load(tmp_path)
+    assert rebuilt.renderer.grid_ready
+    same = rebuilt.renderer.occupancy_state()["binaries"] == asset.renderer.occupancy_state()["binaries"]
+    assert same.float().mean() > 0.95  # 0.987 here
+    assert torch.allclose(rebuilt.render_turntable(2, 16), asset.render_turntable(2, 16), atol=0.03)  # 0.0098 here
     # An asset saved before model_dtype existed ran its model in float32, not the dataclass default bf16.
     state = torch.load(tmp_path / "field.pt", weights_only=True)
     del state["config"]["model_dtype"]
