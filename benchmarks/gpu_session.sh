@@ -123,7 +123,9 @@
 #   and channels-last + fused norms (provider suffix _vae_nhwc_gn: its own row in estimate_run.py):
 #   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
 #     BENCHES="vae group_norm density_head" VAE_K="eager or fused_norm or channels_last and not cudnn" HEAD_K=fused \
-#     NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+#     HEAD_LIMIT=240 NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+#   (8 density-head cases: the eighteenth session's 4 took about 60 s; both VAE variants were run on the
+#   CPU through _field_state_case with the tiny latent model, the GPU-only graphed path was not)
 #   B (about 5 min): the bf16 trace past step 5000 (TRAIN=0 TESTS="" BENCHES="" TRACE=280 ...).
 # then: python benchmarks/generate/estimate_run.py <A's bench_density_head.json> --trace <B's trace.json
 # or benchmarks/figures/trace_h100_s8.json>. If vae_nhwc_gn wins, wire it into generate (GenerateConfig).
