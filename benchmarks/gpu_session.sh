@@ -347,7 +347,7 @@ fi
 # blob and the surface field (benchmarks/generate/profile_sds_step.py): iso3d's ranges and top kernels.
 PROFILE=${PROFILE:-}
 if [ -n "$PROFILE" ]; then
-  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} ${PROFILE_HEAD:+--density-head $PROFILE_HEAD} \
+  timeout "${PROFILE_LIMIT:-240}" python3 benchmarks/generate/profile_sds_step.py --stages $PROFILE --field-states ${PROFILE_STATES:-blob surface} ${PROFILE_HEAD:+--density-head $PROFILE_HEAD} ${PROFILE_VAE:+--vae $PROFILE_VAE} \
     --out "$LOGS/profile" > "$LOGS/profile.log" 2>&1
   say "profile rc=$? $(grep -h '^== ' "$LOGS/profile.log" | tr '\n' ' ')"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -48,14 +48,19 @@ def _device_us(event, own: bool = False) -> float:
 
 
 def profile(model, device: torch.device, stage: int, field_state: str, steps: int, warmup: int, top: int,
-            density_head: str | None = None) -> str:
+            density_head: str | None = None, vae: str = "vae_nchw") -> str:
+    with bench._vae_encode(model, **bench.DENSITY_HEAD_VAES[vae]) as encode:
+        return _profile(model, device, stage, field_state, steps, warmup, top, density_head, encode, vae)
+
+
+def _profile(model, device, stage, field_state, steps, warmup, top, density_head, encode, vae) -> str:
     on_gpu = device.type == "cuda"
     cfg, fld, renderer = bench._setup(model, bench._config(device, False, stage), device,
                                       "optimized" if on_gpu else "naive", field_state=field_state, prune=True,
                                       build_grid=True, density_head=density_head)
     unet = CUDAGraphedForward(model.unet) if on_gpu else None
     stats, phases = {}, []
-    step = bench._training_step(model, cfg, fld, renderer, device, unet, stats=stats, phases=phases)
+    step = bench._training_step(model, cfg, fld, renderer, device, unet, encode, stats=stats, phases=phases)
     for _ in range(warmup):  # graph capture, autotuning, allocator warm-up
         step()
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
@@ -73,7 +78,7 @@ def profile(model, device: torch.device, stage: int, field_state: str, steps: in
     split = {name: statistics.median([m[i].ms_until(m[i + 1]) for m in phases])
              for i, name in enumerate(("forward", "backward", "optimizer"))}
     lines = [f"== stage {size}^2, {batch * cfg.views.n_views} views, field {field_state}, analytic normals "
-             f"{fld.config.analytic_normals_impl} (density head {density_head or 'auto'}): samples/ray marched "
+             f"{fld.config.analytic_normals_impl} (density head {density_head or 'auto'}), {vae}: samples/ray marched "
              f"{statistics.mean(marched):.1f}, kept {statistics.mean(kept):.1f}; step under the profiler, median of "
              f"{steps}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items())]
     events = prof.key_averages()
@@ -107,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--density-head", choices=["fused", "triton", "torch"], default=None,
                         help="analytic normals through the fused op, or the separate ops with this density head "
                              "(default: the field config's)")
+    parser.add_argument("--vae", choices=list(bench.DENSITY_HEAD_VAES), default="vae_nchw",
+                        help="the VAE encode as generate runs it, or channels-last with the fused GroupNorm → SiLU")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -118,7 +125,8 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     for stage in args.stages:
         for state in args.field_states:
-            reports.append(profile(model, device, stage, state, args.steps, args.warmup, args.top, args.density_head))
+            reports.append(profile(model, device, stage, state, args.steps, args.warmup, args.top, args.density_head,
+                                   args.vae))
             print(reports[-1], flush=True)
             if args.out is not None:  # after each: a run cut off by its time limit keeps what it has
                 (args.out / "profile.txt").write_text("\n\n".join(reports) + "\n")
