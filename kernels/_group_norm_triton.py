@@ -38,14 +38,28 @@ def _tile_offsets(hws, cs, s_hw, s_c):
 
 
 @triton.jit
-def _stats_kernel(X, MEAN_P, M2_P, C, HW, CHUNK, N_CHUNKS, sx_n, sx_c, sx_hw,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)  # sample · N_CHUNKS + chunk
-    n = row // N_CHUNKS
+def _chunk_of_program(C, HW, CHUNK, N_CHUNKS, BLOCK_C: tl.constexpr):
+    """A reduction program's row (sample · N_CHUNKS + chunk), sample, positions [hw0, hw_end), channels."""
+    row = tl.program_id(0)
     hw0 = (row % N_CHUNKS) * CHUNK
-    hw_end = tl.minimum(hw0 + CHUNK, HW)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return row, row // N_CHUNKS, hw0, tl.minimum(hw0 + CHUNK, HW), cs, cs < C
+
+
+@triton.jit
+def _tile_of_program(C, HW, N_TILES, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """An elementwise program's sample, positions, channels and masks (row: sample · N_TILES + tile)."""
+    row = tl.program_id(0)
+    hws = (row % N_TILES) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cs < C
+    return row // N_TILES, hws, cs, c_ok, (hws < HW)[:, None] & c_ok[None, :]
+
+
+@triton.jit
+def _stats_kernel(X, MEAN_P, M2_P, C, HW, CHUNK, N_CHUNKS, sx_n, sx_c, sx_hw,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    row, n, hw0, hw_end, cs, c_ok = _chunk_of_program(C, HW, CHUNK, N_CHUNKS, BLOCK_C)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for start in range(hw0, hw_end, BLOCK_HW):
@@ -110,12 +124,7 @@ def _affine(MEAN, RSTD, W, B, n, cs, c_ok, CPG, G):
 @triton.jit
 def _apply_kernel(X, Y, MEAN, RSTD, W, B, C, HW, CPG, G, N_TILES, sx_n, sx_c, sx_hw, sy_n, sy_c, sy_hw,
                   SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)  # sample · N_TILES + tile
-    n = row // N_TILES
-    hws = (row % N_TILES) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    ok = (hws < HW)[:, None] & c_ok[None, :]
+    n, hws, cs, c_ok, ok = _tile_of_program(C, HW, N_TILES, BLOCK_HW, BLOCK_C)
     mean, rstd, w, b = _affine(MEAN, RSTD, W, B, n, cs, c_ok, CPG, G)
     scale = rstd * w
     shift = b - mean * scale
@@ -144,12 +153,7 @@ def _dz_and_xhat(X, DY, n, hws, cs, ok, mean, rstd, w, b, sx_n, sx_c, sx_hw, sd_
 def _bwd_partials_kernel(X, DY, MEAN, RSTD, W, B, P1, P2, C, HW, CHUNK, N_CHUNKS, CPG, G,
                          sx_n, sx_c, sx_hw, sd_n, sd_c, sd_hw,
                          SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)  # sample · N_CHUNKS + chunk
-    n = row // N_CHUNKS
-    hw0 = (row % N_CHUNKS) * CHUNK
-    hw_end = tl.minimum(hw0 + CHUNK, HW)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
+    row, n, hw0, hw_end, cs, c_ok = _chunk_of_program(C, HW, CHUNK, N_CHUNKS, BLOCK_C)
     mean, rstd, w, b = _affine(MEAN, RSTD, W, B, n, cs, c_ok, CPG, G)
     sum_dz = tl.zeros([BLOCK_C], dtype=tl.float32)
     sum_dz_xhat = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -186,12 +190,7 @@ def _finalize_bwd_kernel(P1, P2, W, S1, S2, C, N_CHUNKS, CPG, G, BLOCK_K: tl.con
 def _bwd_apply_kernel(X, DY, DX, MEAN, RSTD, W, B, S1, S2, C, HW, CPG, G, N_TILES,
                       sx_n, sx_c, sx_hw, sd_n, sd_c, sd_hw, sdx_n, sdx_c, sdx_hw,
                       SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    row = tl.program_id(0)  # sample · N_TILES + tile
-    n = row // N_TILES
-    hws = (row % N_TILES) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    ok = (hws < HW)[:, None] & c_ok[None, :]
+    n, hws, cs, c_ok, ok = _tile_of_program(C, HW, N_TILES, BLOCK_HW, BLOCK_C)
     mean, rstd, w, b = _affine(MEAN, RSTD, W, B, n, cs, c_ok, CPG, G)
     xhat, dz = _dz_and_xhat(X, DY, n, hws, cs, ok, mean, rstd, w, b, sx_n, sx_c, sx_hw, sd_n, sd_c, sd_hw, SILU)
     groups = n * G + cs // CPG
