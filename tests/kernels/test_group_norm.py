@@ -112,6 +112,11 @@ def test_cotangent_and_input_in_different_layouts(device):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
     strided = torch.randn(2, 8, 12, 5, device=device)[:, :, ::2]  # spatial axes that do not flatten
     torch.testing.assert_close(group_norm(strided, 4, backend="triton"), group_norm_ref(strided, 4), atol=1e-5, rtol=1e-5)
+    # y.sum().backward() hands an expanded cotangent (all strides 0)
+    leaves = [x.detach().clone().requires_grad_() for _ in range(2)]
+    group_norm(leaves[0], 4, w, b, silu=True, backend="triton").sum().backward()
+    group_norm_ref(leaves[1], 4, w, b, silu=True).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad, atol=1e-5, rtol=1e-5)
 
 
 def test_without_affine_parameters(device):
