@@ -118,14 +118,17 @@
 # The 64^2 step's fixed cost (59 of 73 ms) is mostly the UNet and the VAE encode + backward (ninth
 # session's profile: 278 cuDNN layout transforms per step), and channels-last alone was 1.4x slower
 # because PyTorch's GroupNorm returns NCHW. Nothing of it is timed yet. Next, two calls on one machine:
-#   A (about 5 min of run; carry .whl, runs/device13/nerfacc_build.tgz): the new op's and the hash
+#   A (about 6 min of run; carry .whl, runs/device13/nerfacc_build.tgz): the new op's and the hash
 #   grid's tests natively, the op alone, the VAE alone, and the density-head step with the VAE as now
 #   and channels-last + fused norms (provider suffix _vae_nhwc_gn: its own row in estimate_run.py):
 #   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
 #     BENCHES="vae group_norm density_head" VAE_K="eager or fused_norm or channels_last and not cudnn" HEAD_K=fused \
 #     HEAD_LIMIT=240 NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 #   (8 density-head cases: the eighteenth session's 4 took about 60 s; both VAE variants were run on the
-#   CPU through _field_state_case with the tiny latent model, the GPU-only graphed path was not)
+#   CPU through _field_state_case with the tiny latent model, the GPU-only graphed path was not). With
+#   time to spare, add PROFILE=64 PROFILE_STATES=surface PROFILE_HEAD=fused PROFILE_VAE=vae_nhwc_gn
+#   (~40 s): whether the 185 + 93 layout transforms per 64^2 step went (part of them are the UNet's 66
+#   convolutions, which stay NCHW).
 #   B (about 5 min): the bf16 trace past step 5000 (TRAIN=0 TESTS="" BENCHES="" TRACE=280 ...).
 # then: python benchmarks/generate/estimate_run.py <A's bench_density_head.json> --trace <B's trace.json
 # or benchmarks/figures/trace_h100_s8.json>. If vae_nhwc_gn wins, wire it into generate (GenerateConfig).
