@@ -66,13 +66,15 @@ def _jac_offsets(rows, ks, j_stride_level, j_stride_point, F: tl.constexpr):
 
 # size_class (⌊log2 P⌋, unused by the code) is in the keys so that a tile timed on a few points is
 # not reused for 10⁷.
-@triton.autotune(configs=_configs(), key=["K", "H", "WITH_JAC", "size_class"])
+@triton.autotune(configs=_configs(), key=["K", "H", "WITH_V", "WITH_JAC", "size_class"])
 @triton.jit
 def _mlp_head_fwd_kernel(
     Y, W1, W2, RAW, V, J0, J1, J2, G, n_points, j_stride_level, j_stride_point, size_class,
     K: tl.constexpr, H: tl.constexpr, KP: tl.constexpr, HP: tl.constexpr,
-    F: tl.constexpr, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr,
+    F: tl.constexpr, WITH_V: tl.constexpr, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # WITH_V = False: the density alone (the renderer's pruning pass evaluates it, without gradients,
+    # at every marched sample); WITH_JAC needs WITH_V.
     pid = tl.program_id(0)
     rows = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     ks = tl.arange(0, KP)
@@ -83,9 +85,10 @@ def _mlp_head_fwd_kernel(
     h = tl.dot(y, tl.trans(w1), input_precision="ieee")  # [BLOCK, HP]
     active = h > 0
     raw = tl.sum(tl.where(active, h, 0.0) * w2[None, :], axis=1)
-    v = tl.dot(tl.where(active, w2[None, :], 0.0), w1, input_precision="ieee")  # [BLOCK, KP]
     tl.store(RAW + rows, raw, mask=in_rows)
-    tl.store(V + rows[:, None] * K + ks[None, :], v, mask=tile)
+    if WITH_V:
+        v = tl.dot(tl.where(active, w2[None, :], 0.0), w1, input_precision="ieee")  # [BLOCK, KP]
+        tl.store(V + rows[:, None] * K + ks[None, :], v, mask=tile)
     if WITH_JAC:
         jp = _jac_offsets(rows, ks, j_stride_level, j_stride_point, F)
         gx = tl.sum(v * tl.load(J0 + jp, mask=tile, other=0.0).to(tl.float32), axis=1)

@@ -196,11 +196,12 @@ def _record_hash_grid(dtype: torch.dtype) -> list[_Launch]:
 
 
 def _record_density(dtype: torch.dtype) -> list[_Launch]:
-    """The density head op and the fused density op, forward and backward (table in ``dtype``)."""
+    """The density head ops (with and without the input gradient) and the fused density op, forward and
+    backward (table in ``dtype``)."""
     from . import _hash_grid_triton as grid_k, _mlp_head_triton as head_k
     from .density_gradient import _DensityGradientFunction
     from .hash_grid_config import HashGridConfig
-    from .mlp_head import _MLPHeadFunction
+    from .mlp_head import _MLPHeadFunction, _MLPHeadRawFunction
 
     modules = {head_k: ["_mlp_head_fwd_kernel", "_mlp_head_bwd_kernel"],
                grid_k: ["_hash_grid_jac_fwd_kernel", "_jac_matvec_kernel", "_hash_grid_jac_bwd_kernel"]}
@@ -216,6 +217,7 @@ def _record_density(dtype: torch.dtype) -> list[_Launch]:
             setattr(m, n, r)
         raw, v = _MLPHeadFunction.apply(torch.zeros(100, config.n_output_dims, requires_grad=True), w1, w2)
         (raw.sum() + v.sum()).backward()
+        _MLPHeadRawFunction.apply(torch.zeros(100, config.n_output_dims, requires_grad=True), w1, w2).sum().backward()
         feats, raw, grad = _DensityGradientFunction.apply(x, table, w1, w2, config)
         (feats.float().sum() + raw.sum() + grad.sum()).backward()
     finally:

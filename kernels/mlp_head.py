@@ -10,9 +10,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._backends import cdiv, select_backend, triton_device_reasons
-from .reference import mlp_head_with_input_grad_ref
+from .reference import mlp_head_ref, mlp_head_with_input_grad_ref
 
-__all__ = ["mlp_head_with_input_grad"]
+__all__ = ["mlp_head", "mlp_head_with_input_grad"]
 
 def padded(n: int) -> int:  # tl.dot wants power-of-two widths of at least 16
     return max(16, 1 << (n - 1).bit_length())
@@ -37,20 +37,25 @@ def _kernel(autotuned, tile):
     return autotuned.fn, {"BLOCK": block, "num_warps": warps}
 
 
-def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_per_level: int = 1, tile=None):
-    """``raw [P]``, ``v [P, K]`` and, given the level-major Jacobian ``jac [3, L, P, F]`` (its element
-    strides), ``g = Jᵀv [P, 3]`` (else None), all float32, from one kernel launch."""
+def launch_head_forward(y, w1, w2, jac=None, jac_strides=(0, 0, 0), n_features_per_level: int = 1, tile=None,
+                        with_v: bool = True):
+    """``raw [P]``, ``v [P, K]`` (None unless ``with_v``) and, given the level-major Jacobian
+    ``jac [3, L, P, F]`` (its element strides), ``g = Jᵀv [P, 3]`` (else None), all float32, from one
+    kernel launch."""
     from . import _mlp_head_triton as tk
 
+    if jac is not None and not with_v:
+        raise ValueError("launch_head_forward: g = Jᵀv needs v (with_v=True)")
     n, (hidden, k) = y.shape[0], w1.shape
     raw = torch.empty(n, device=y.device, dtype=torch.float32)
-    v = torch.empty(n, k, device=y.device, dtype=torch.float32)
+    v = torch.empty(n, k, device=y.device, dtype=torch.float32) if with_v else None
     g = torch.empty(n, 3, device=y.device, dtype=torch.float32) if jac is not None else None
     j = (jac[0], jac[1], jac[2]) if jac is not None else (raw,) * 3  # raw stands in for unused pointers
     kernel, fixed = _kernel(tk._mlp_head_fwd_kernel, tile)
     kernel[lambda meta: (cdiv(n, meta["BLOCK"]),)](
-        y, w1, w2, raw, v, *j, raw if g is None else g, n, jac_strides[1], jac_strides[2], max(n, 1).bit_length(),
-        K=k, H=hidden, KP=padded(k), HP=padded(hidden), F=n_features_per_level, WITH_JAC=jac is not None, **fixed)
+        y, w1, w2, raw, raw if v is None else v, *j, raw if g is None else g, n, jac_strides[1], jac_strides[2],
+        max(n, 1).bit_length(), K=k, H=hidden, KP=padded(k), HP=padded(hidden), F=n_features_per_level,
+        WITH_V=with_v, WITH_JAC=jac is not None, **fixed)
     return raw, v, g
 
 
@@ -102,6 +107,66 @@ class _MLPHeadFunction(torch.autograd.Function):
         return launch_head_backward(*ctx.saved_tensors, draw, dv)
 
 
+class _MLPHeadRawFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, w1, w2):
+        raw, _, _ = launch_head_forward(y, w1, w2, with_v=False)
+        ctx.save_for_backward(y, w1, w2)
+        return raw
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, draw):
+        return launch_head_backward(*ctx.saved_tensors, draw, None)
+
+
+def _check_head_inputs(op: str, y, w1, w2) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{op}: y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 2:
+        raise ValueError(f"{op}: y must have shape [P, K], got {tuple(y.shape)}")
+    if y.dtype not in (torch.float32, torch.float16):
+        raise TypeError(f"{op}: y must be float32 or float16, got {y.dtype}")
+    check_head_weights(op, w1, w2, y.shape[1], y.device)
+
+
+def _head_backend(op: str, y, backend: str) -> str:
+    reasons = {"triton": triton_device_reasons(y.device, y.dtype), "torch": []}
+    order = ["triton", "torch"] if y.device.type == "cuda" else ["torch"]
+    return select_backend(op, backend, reasons, order)
+
+
+def mlp_head(
+    y: torch.Tensor,  # [P, K] float32 or float16
+    w1: torch.Tensor,  # [H, K] float32
+    w2: torch.Tensor,  # [H] float32
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:  # [P] float32
+    """``raw = w₂ᵀ·relu(W₁·y)`` alone: the density head where no normal is needed (the renderer's
+    pruning pass and the occupancy grid evaluate it at every marched sample, without gradients).
+
+    The Triton kernel keeps the hidden layer in registers; PyTorch's two linear layers write and
+    re-read a ``[P, H]`` float32 tensor (2.6 GB at the 10 M samples of a 256² SDS step). Differentiable
+    in ``y``, ``W₁`` and ``w₂`` (first order; the backward is :func:`mlp_head_with_input_grad`'s).
+
+    Args:
+        y: ``[P, K]`` inputs, float32 or float16 (computed in fp32). w1: ``[H, K]`` float32.
+        w2: ``[H]`` float32. backend: ``"auto"`` (triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+
+    Example:
+        >>> import torch
+        >>> from iso3d.kernels.mlp_head import mlp_head
+        >>> y, w1, w2 = torch.randn(5, 32), torch.randn(64, 32), torch.randn(64)
+        >>> torch.allclose(mlp_head(y, w1, w2), torch.relu(y @ w1.T) @ w2, atol=1e-5)
+        True
+    """
+    _check_head_inputs("mlp_head", y, w1, w2)
+    if _head_backend("mlp_head", y, backend) == "torch":
+        return mlp_head_ref(y, w1, w2)
+    return _MLPHeadRawFunction.apply(y.contiguous(), w1.contiguous(), w2.contiguous())
+
+
 def mlp_head_with_input_grad(
     y: torch.Tensor,  # [P, K] float32 or float16
     w1: torch.Tensor,  # [H, K] float32 (first layer's weight, nn.Linear layout)
@@ -135,15 +200,7 @@ def mlp_head_with_input_grad(
         >>> torch.allclose(raw, torch.relu(y @ w1.T) @ w2, atol=1e-5)
         True
     """
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"mlp_head_with_input_grad: y must be a torch.Tensor, got {type(y).__name__}")
-    if y.dim() != 2:
-        raise ValueError(f"mlp_head_with_input_grad: y must have shape [P, K], got {tuple(y.shape)}")
-    if y.dtype not in (torch.float32, torch.float16):
-        raise TypeError(f"mlp_head_with_input_grad: y must be float32 or float16, got {y.dtype}")
-    check_head_weights("mlp_head_with_input_grad", w1, w2, y.shape[1], y.device)
-    reasons = {"triton": triton_device_reasons(y.device, y.dtype), "torch": []}
-    order = ["triton", "torch"] if y.device.type == "cuda" else ["torch"]
-    if select_backend("mlp_head_with_input_grad", backend, reasons, order) == "torch":
+    _check_head_inputs("mlp_head_with_input_grad", y, w1, w2)
+    if _head_backend("mlp_head_with_input_grad", y, backend) == "torch":
         return mlp_head_with_input_grad_ref(y, w1, w2)
     return _MLPHeadFunction.apply(y.contiguous(), w1.contiguous(), w2.contiguous())

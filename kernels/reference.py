@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .hash_grid_config import HashGridConfig
 
 __all__ = ["group_norm_ref", "hash_grid_encode_ref", "hash_grid_encode_with_jacobian_ref", "hash_grid_density_with_gradient_ref", "jacobian_transpose_times", "joint_attention_via_concat",
-           "mlp_head_with_input_grad_ref",
+           "mlp_head_ref", "mlp_head_with_input_grad_ref",
            "mv_attention_naive", "mv_attention_ref"]
 
 
@@ -194,6 +194,17 @@ def hash_grid_encode_with_jacobian_ref(
     jac = torch.einsum("plcd,plcf->pdlf", dweights, values)  # [P, 3, L, F]: axis-major, as the kernel's
     n = x.shape[0]
     return out.reshape(n, -1).to(table.dtype), jac.reshape(n, 3, -1).to(table.dtype).transpose(1, 2)
+
+
+def mlp_head_ref(
+    y: torch.Tensor,  # [P, K] float32 or float16
+    w1: torch.Tensor,  # [H, K]
+    w2: torch.Tensor,  # [H]
+) -> torch.Tensor:  # [P]
+    """PyTorch twin of :func:`iso3d.kernels.mlp_head.mlp_head`: the ops of ``nn.Sequential(Linear(K, H,
+    bias=False), ReLU(), Linear(H, 1, bias=False))`` with these weights, so the field's density is the
+    same with the twin as with its modules."""
+    return F.linear(F.relu(F.linear(y.to(w1.dtype), w1)), w2[None]).squeeze(-1)
 
 
 def mlp_head_with_input_grad_ref(

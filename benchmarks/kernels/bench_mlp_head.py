@@ -3,6 +3,8 @@
 What analytic normals evaluate at every kept sample (``iso3d.kernels.mlp_head``). Point counts
 2^18–2^23 span one SDS step (4 views × 256² rays × ~10–40 kept samples per ray is 2.6–10.5 M).
 fwd+bwd takes a cotangent on both outputs (the density and the normals both feed the loss).
+``density`` is the density alone without gradients (``mlp_head``): what the renderer's pruning pass
+evaluates at every marched sample (the twin is the field's ``Linear → ReLU → Linear``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+from iso3d.kernels.mlp_head import mlp_head, mlp_head_with_input_grad
 
 POINTS = [2**18, 2**20, 2**22, 2**23]
 CPU_MAX_POINTS = 2**20
@@ -18,7 +20,7 @@ K, HIDDEN = 32, 64  # the official field: 16 levels × 2 features, 64 hidden uni
 
 
 @pytest.mark.parametrize("provider", ["torch", "triton"])
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("mode", ["density", "fwd", "fwd+bwd"])
 @pytest.mark.parametrize("n_points", POINTS, ids=lambda n: f"2^{n.bit_length() - 1}")
 def test_mlp_head(run_bench, bench_device, smoke, n_points, mode, provider):
     if bench_device.type != "cuda":
@@ -30,13 +32,18 @@ def test_mlp_head(run_bench, bench_device, smoke, n_points, mode, provider):
         n_points >>= 12
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(n_points, K, generator=gen).to(bench_device)
-    w1 = (torch.randn(HIDDEN, K, generator=gen) / K**0.5).to(bench_device).requires_grad_(mode != "fwd")
-    w2 = (torch.randn(HIDDEN, generator=gen) / HIDDEN**0.5).to(bench_device).requires_grad_(mode != "fwd")
-    y.requires_grad_(mode != "fwd")
+    grads = mode == "fwd+bwd"
+    w1 = (torch.randn(HIDDEN, K, generator=gen) / K**0.5).to(bench_device).requires_grad_(grads)
+    w2 = (torch.randn(HIDDEN, generator=gen) / HIDDEN**0.5).to(bench_device).requires_grad_(grads)
+    y.requires_grad_(grads)
     draw = torch.randn(n_points, generator=gen).to(bench_device)
     dv = torch.randn(n_points, K, generator=gen).to(bench_device)
 
     def step():
+        if mode == "density":
+            with torch.no_grad():
+                mlp_head(y, w1, w2, backend=provider)
+            return
         with torch.set_grad_enabled(mode != "fwd"):
             raw, v = mlp_head_with_input_grad(y, w1, w2, backend=provider)
             if mode != "fwd":

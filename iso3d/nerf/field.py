@@ -16,7 +16,7 @@ from torch import nn
 
 from iso3d.kernels.density_gradient import hash_grid_density_with_gradient
 from iso3d.kernels.hash_grid import HashGridConfig, hash_grid_encode_with_jacobian
-from iso3d.kernels.mlp_head import mlp_head_with_input_grad
+from iso3d.kernels.mlp_head import mlp_head, mlp_head_with_input_grad
 from iso3d.kernels.reference import jacobian_transpose_times
 
 from .encoding import HashGridEncoding
@@ -125,7 +125,10 @@ class ImplicitVolume(nn.Module):
         return self.config.blob_density * (1 - x.norm(dim=-1) / self.config.blob_radius)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:  # [P, 3] -> [P]
-        raw = self.density_mlp(self._encode(x)).squeeze(-1)
+        # The density head as one op (on density_head_backend; the twin is these modules' own ops): the
+        # renderer's pruning evaluates it at every marched sample, ~10 M in a 256² SDS step.
+        w1, w2 = self.density_mlp[0].weight, self.density_mlp[2].weight[0]
+        raw = mlp_head(self._encode(x), w1, w2, backend=self.config.density_head_backend)
         return F.softplus(raw + self.density_bias(x))
 
     def _analytic_normals(self, x: torch.Tensor):

@@ -5,8 +5,8 @@ import torch
 
 from iso3d.kernels import BackendUnavailableError
 from iso3d.kernels._mlp_head_triton import TILES
-from iso3d.kernels.mlp_head import launch_head_backward, launch_head_forward, mlp_head_with_input_grad
-from iso3d.kernels.reference import mlp_head_with_input_grad_ref
+from iso3d.kernels.mlp_head import launch_head_backward, launch_head_forward, mlp_head, mlp_head_with_input_grad
+from iso3d.kernels.reference import mlp_head_ref, mlp_head_with_input_grad_ref
 
 
 def _inputs(n, k, hidden, dtype, device, seed):
@@ -111,3 +111,49 @@ def test_refusal_lists_reasons_without_the_interpreter(monkeypatch):
     y, w1, w2 = _inputs(4, 8, 16, torch.float32, "cpu", seed=0)
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
         mlp_head_with_input_grad(y, w1, w2, backend="triton")
+
+
+def _raw_and_grads(backend, y, w1, w2, seed):
+    y, w1, w2 = (t.clone().requires_grad_() for t in (y, w1, w2))
+    raw = mlp_head_ref(y, w1, w2) if backend == "float64" else mlp_head(y, w1, w2, backend=backend)
+    draw = torch.randn(raw.shape, generator=torch.Generator().manual_seed(seed)).to(raw)
+    return [raw, *torch.autograd.grad(raw, [y, w1, w2], draw)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n, k, hidden", [(1, 32, 64), (97, 32, 64), (130, 12, 20), (65, 4, 3)])
+def test_density_only_head_matches_twin(n, k, hidden, dtype, device):
+    # mlp_head (raw alone: the kernel's WITH_V=False path) and its gradients, as above.
+    seed = 7 * k + n
+    y, w1, w2 = _inputs(n, k, hidden, dtype, device, seed)
+    got = _raw_and_grads("triton", y, w1, w2, seed)
+    twin = _raw_and_grads("torch", y, w1, w2, seed)
+    exact = _raw_and_grads("float64", y.double(), w1.double(), w2.double(), seed)
+    for name, g, t, e in zip(["raw", "dy", "dW1", "dw2"], got, twin, exact):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        scale = 1 + e.abs().max().item()
+        twin_err = (t.double() - e).abs().max().item()
+        err = (g.double() - e).abs().max().item()
+        assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
+    # the raw output is the first output of the op with the input gradient (the same kernel, v skipped;
+    # autotuning may pick another tile for each, hence not bitwise)
+    torch.testing.assert_close(got[0], mlp_head_with_input_grad(y, w1, w2, backend="triton")[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tile", TILES, ids=str)
+def test_density_only_forward_at_every_tile(tile, device):
+    y, w1, w2 = _inputs(77, 32, 64, torch.float32, device, seed=13)
+    raw, v, g = launch_head_forward(y, w1, w2, tile=tile, with_v=False)
+    assert v is None and g is None
+    torch.testing.assert_close(raw, mlp_head_ref(y, w1, w2), atol=1e-5, rtol=1e-5)
+
+
+def test_twin_is_the_fields_modules():
+    # mlp_head_ref runs the ops of Linear → ReLU → Linear (no biases): the field's density keeps its values.
+    from iso3d.nerf.field import _mlp
+
+    mlp = _mlp(12, 20, 1)
+    y = torch.randn(33, 12)
+    assert torch.equal(mlp_head_ref(y, mlp[0].weight, mlp[2].weight[0]), mlp(y).squeeze(-1))
+    with pytest.raises(ValueError, match="mlp_head: y must have shape"):
+        mlp_head(torch.zeros(3), mlp[0].weight, mlp[2].weight[0])
