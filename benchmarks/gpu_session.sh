@@ -118,12 +118,17 @@
 # The 64^2 step's fixed cost (59 of 73 ms) is mostly the UNet and the VAE encode + backward (ninth
 # session's profile: 278 cuDNN layout transforms per step), and channels-last alone was 1.4x slower
 # because PyTorch's GroupNorm returns NCHW. Nothing of it is timed yet. Next, two calls on one machine:
-#   A (about 6 min of run; carry .whl, runs/device13/nerfacc_build.tgz): the new op's and the hash
+#   A (about 7 min of run; carry .whl, runs/device13/nerfacc_build.tgz): the new op's and the hash
 #   grid's tests natively, the op alone, the VAE alone, and the density-head step with the VAE as now
 #   and channels-last + fused norms (provider suffix _vae_nhwc_gn: its own row in estimate_run.py):
-#   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
+#   (before: rm -rf runs/base && mkdir -p runs/base && git archive c9f8ff1 | tar -x -C runs/base; carry runs/base)
+#   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_mlp_head.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
 #     BENCHES="vae group_norm density_head" VAE_K="eager or fused_norm or channels_last and not cudnn" HEAD_K=fused \
-#     HEAD_LIMIT=240 NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
+#     HEAD_LIMIT=240 BASE=runs/base BASE_BENCHES=density_head NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     bash benchmarks/gpu_session.sh
+#   The base (the eighteenth session's last commit) gives the same-machine before for the density-only
+#   head in the pruning pass (ImplicitVolume.density now runs iso3d.kernels.mlp_head: no [P, 64] fp32
+#   hidden layer written for the ~10 M marched samples of a 256^2 step), which the vae_nchw rows include.
 #   (8 density-head cases: the eighteenth session's 4 took about 60 s; both VAE variants were run on the
 #   CPU through _field_state_case with the tiny latent model, the GPU-only graphed path was not). With
 #   time to spare, add PROFILE=64 PROFILE_STATES=surface PROFILE_HEAD=fused PROFILE_VAE=vae_nhwc_gn
