@@ -124,7 +124,7 @@
 #   (before: rm -rf runs/base && mkdir -p runs/base && git archive c9f8ff1 | tar -x -C runs/base; carry runs/base)
 #   TRAIN=0 TESTS="tests/kernels/test_group_norm.py tests/models/test_fused_norm.py tests/kernels/test_mlp_head.py tests/kernels/test_hash_grid.py tests/kernels/test_density_gradient.py" \
 #     BENCHES="vae group_norm density_head" VAE_K="eager or fused_norm or channels_last and not cudnn" HEAD_K=fused \
-#     HEAD_LIMIT=240 BASE=runs/base BASE_BENCHES=density_head NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
+#     HEAD_LIMIT=240 TEST_LIMIT=200 BASE=runs/base BASE_BENCHES=density_head NERFACC_BUILD=runs/device13/nerfacc_build.tgz \
 #     bash benchmarks/gpu_session.sh
 #   The base (the eighteenth session's last commit) gives the same-machine before for the density-only
 #   head in the pruning pass (ImplicitVolume.density now runs iso3d.kernels.mlp_head: no [P, 64] fp32
