@@ -337,17 +337,16 @@ class VolumeRenderer(nn.Module):
             weights, _, _ = nerfacc.render_weight_from_density(
                 t_starts, t_ends, out.density, ray_indices=ray_idx, n_rays=n_rays)
 
-        # Σ w·[1, t, rgb, n] per ray in one scatter: one pass over the ray indices (10 M samples in a 256²
-        # step), not one per quantity. Each column sums as it would alone.
-        parts = [torch.ones_like(t_mid)[:, None], t_mid[:, None], color] + ([out.normal] if out.normal is not None else [])
-        values = torch.cat([p.to(color.dtype) for p in parts], dim=1)
-        sums = torch.zeros(n_rays, values.shape[1], dtype=values.dtype, device=values.device).index_add(
-            0, ray_idx, weights[:, None] * values)
-        opacity, depth, rgb = sums[:, 0:1], sums[:, 1:2], sums[:, 2:5]
-        rgb = rgb + (1 - opacity) * self.background.to(color)
+        def accumulate(values):  # [P, C] -> [R, C]
+            return torch.zeros(n_rays, values.shape[-1], dtype=values.dtype, device=values.device).index_add(
+                0, ray_idx, weights[:, None] * values)
+
+        opacity = accumulate(torch.ones_like(t_mid)[:, None])
+        depth = accumulate(t_mid[:, None])
+        rgb = accumulate(color) + (1 - opacity) * self.background.to(color)
         normal, orient = None, rgb.new_zeros(())
         if out.normal is not None:
-            normal = sums[:, 5:8]
+            normal = accumulate(out.normal)
             facing = (out.normal * dirs).sum(-1).clamp(min=0.0) ** 2
             orient = (weights.detach() * facing).sum() / (opacity > 0).sum().clamp(min=1)
         return RenderOutput(rgb, opacity, depth, normal, orient, int(t_mid.shape[0]), int(s["n_marched"]))
