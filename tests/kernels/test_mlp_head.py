@@ -29,6 +29,16 @@ def _outputs_and_grads(backend, y, w1, w2, seed):
     return [raw, v, *torch.autograd.grad([raw, v], [y, w1, w2], [draw, dv])]
 
 
+def _assert_error_at_most_twins(names, got, twin, exact):
+    """Each kernel result's error against float64 is at most a small multiple of the twin's own."""
+    for name, g, t, e in zip(names, got, twin, exact, strict=True):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        scale = 1 + e.abs().max().item()
+        twin_err = (t.double() - e).abs().max().item()
+        err = (g.double() - e).abs().max().item()
+        assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
+
+
 def test_twin_matches_autograd_of_the_mlp():
     # The twin's closed-form v is autograd's input gradient of the plain MLP.
     y, w1, w2 = _inputs(29, 12, 20, torch.float32, "cpu", seed=1)
@@ -51,13 +61,7 @@ def test_triton_matches_twin(n, k, hidden, dtype, device):
     got = _outputs_and_grads("triton", y, w1, w2, seed)
     twin = _outputs_and_grads("torch", y, w1, w2, seed)
     exact = _outputs_and_grads("float64", y.double(), w1.double(), w2.double(), seed)
-    names = ["raw", "v", "dy", "dW1", "dw2"]
-    for name, g, t, e in zip(names, got, twin, exact):
-        assert g.shape == t.shape and g.dtype == t.dtype, name
-        scale = 1 + e.abs().max().item()
-        twin_err = (t.double() - e).abs().max().item()
-        err = (g.double() - e).abs().max().item()
-        assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
+    _assert_error_at_most_twins(["raw", "v", "dy", "dW1", "dw2"], got, twin, exact)
 
 
 @pytest.mark.parametrize("tile", TILES, ids=str)
@@ -129,12 +133,7 @@ def test_density_only_head_matches_twin(n, k, hidden, dtype, device):
     got = _raw_and_grads("triton", y, w1, w2, seed)
     twin = _raw_and_grads("torch", y, w1, w2, seed)
     exact = _raw_and_grads("float64", y.double(), w1.double(), w2.double(), seed)
-    for name, g, t, e in zip(["raw", "dy", "dW1", "dw2"], got, twin, exact):
-        assert g.shape == t.shape and g.dtype == t.dtype, name
-        scale = 1 + e.abs().max().item()
-        twin_err = (t.double() - e).abs().max().item()
-        err = (g.double() - e).abs().max().item()
-        assert err <= 4 * twin_err + 1e-6 * scale, f"{name}: kernel error {err:.3g}, twin's {twin_err:.3g}"
+    _assert_error_at_most_twins(["raw", "dy", "dW1", "dw2"], got, twin, exact)
     # the raw output is the first output of the op with the input gradient (the same kernel, v skipped;
     # autotuning may pick another tile for each, hence not bitwise)
     torch.testing.assert_close(got[0], mlp_head_with_input_grad(y, w1, w2, backend="triton")[0], rtol=1e-6, atol=1e-6)
