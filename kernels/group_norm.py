@@ -80,7 +80,7 @@ def _launch_forward(x, weight, bias, groups: int, eps: float, silu: bool):
     rstd = torch.empty_like(mean)
     cpg = c // groups
     tk._finalize_stats_kernel[(n * groups,)](
-        mean_p, m2_p, mean, rstd, c, hw, lay["chunk"], lay["n_chunks"], cpg, groups, eps,
+        mean_p, m2_p, mean, rstd, c, hw, lay["chunk"], lay["n_chunks"], cpg, groups, eps, float(hw * cpg),
         BLOCK_K=FINALIZE_BLOCK_K, BLOCK_CPG=_next_pow2(cpg))
     y = torch.empty_like(x)  # keeps x's layout (x is dense here)
     _, (syn, syc, syhw) = _as_n_hw_c(y)
@@ -113,7 +113,7 @@ def _launch_backward(x, dy, mean, rstd, weight, bias, groups: int, silu: bool, n
     _, (sxn2, sxc2, sxhw2) = _as_n_hw_c(dx)
     n_tiles = cdiv(hw, lay["block_hw"])
     tk._bwd_apply_kernel[(n * n_tiles, lay["c_blocks"])](
-        x, dy, dx, mean, rstd, weight, bias, s1, s2, c, hw, cpg, groups, n_tiles,
+        x, dy, dx, mean, rstd, weight, bias, s1, s2, c, hw, cpg, groups, n_tiles, float(hw * cpg),
         sxn, sxc, sxhw, sdn, sdc, sdhw, sxn2, sxc2, sxhw2,
         SILU=silu, BLOCK_HW=lay["block_hw"], BLOCK_C=lay["block_c"], num_warps=NUM_WARPS)
     if not need_affine_grads:
