@@ -63,6 +63,10 @@ def _signature(jit, args: tuple, kwargs: dict, extra_consts: dict) -> tuple[dict
             signature[p.name] = _PTR_TYPES[value.dtype]
         elif isinstance(value, bool):
             signature[p.name] = "i1"
+        elif isinstance(value, int) and value == 1 and not p.do_not_specialize:
+            # as a launch does (Triton's specialize_impl): an int equal to 1 becomes the constant 1, so
+            # `(A * B).to(...)` of two such arguments would fail to compile on a GPU, not here
+            signature[p.name], constants[p.name] = "constexpr", 1
         elif isinstance(value, int):
             signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
         elif isinstance(value, float):
@@ -227,8 +231,9 @@ def _record_density(dtype: torch.dtype) -> list[_Launch]:
 
 
 def _record_group_norm(dtype: torch.dtype) -> list[_Launch]:
-    """GroupNorm → SiLU forward and backward on a channels-last input in ``dtype`` (the strides are not
-    specialized here, so an NCHW input would compile to the same code)."""
+    """GroupNorm → SiLU forward and backward on channels-last inputs in ``dtype``, one of them with a
+    single position and one channel per group. Only strides equal to 1 are specialized here, as a
+    launch does, not the divisibility a launch also records."""
     from . import _group_norm_triton as tk
     from .group_norm import _launch_backward, _launch_forward
 
@@ -240,9 +245,10 @@ def _record_group_norm(dtype: torch.dtype) -> list[_Launch]:
     try:
         for n, r in recorders.items():
             setattr(tk, n, r)
-        x = torch.zeros(2, 64, 8, 8, dtype=dtype).to(memory_format=torch.channels_last)
-        _, _, mean, rstd = _launch_forward(x, weight, bias, 32, 1e-6, True)
-        _launch_backward(x, torch.zeros_like(x), mean, rstd, weight, bias, 32, True, True)
+        for shape, groups in (((2, 64, 8, 8), 32), ((2, 64, 1, 1), 64)):  # the second: HW = C/G = 1
+            x = torch.zeros(*shape, dtype=dtype).to(memory_format=torch.channels_last)
+            _, _, mean, rstd = _launch_forward(x, weight, bias, groups, 1e-6, True)
+            _launch_backward(x, torch.zeros_like(x), mean, rstd, weight, bias, groups, True, True)
     finally:
         for n, kernel in originals.items():
             setattr(tk, n, kernel)
