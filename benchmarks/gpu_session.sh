@@ -137,6 +137,15 @@
 #   B (about 5 min): the bf16 trace past step 5000 (TRAIN=0 TESTS="" BENCHES="" TRACE=280 ...).
 # then: python benchmarks/generate/estimate_run.py <A's bench_density_head.json> --trace <B's trace.json
 # or benchmarks/figures/trace_h100_s8.json>. If vae_nhwc_gn wins, wire it into generate (GenerateConfig).
+# Twentieth session (H100; RESULTS.md): calls A and B above, with the trace beside the tests
+# (TRACE_WITH_TESTS=1: its samples per ray do not depend on step times) and the base left out. The fused
+# VAE won in the step (now GenerateConfig.fused_vae_norms) and the estimate is 13.7 min over the new bf16
+# trace (benchmarks/figures/trace_h100_s20_bf16.json, estimate_run.py's default). Not yet run natively:
+# tests/models/test_fused_norm.py with TF32 off. Next, one call (about 4 min of run): that test, the
+# density-head step again with more rounds (BENCH_ROUNDS), and a profile of the fused 64^2 step:
+#   TRAIN=0 TESTS="tests/models/test_fused_norm.py tests/kernels/test_group_norm.py" BENCHES="density_head group_norm" \
+#     HEAD_K=fused BENCH_ROUNDS=10 PROFILE=64 PROFILE_STATES=surface PROFILE_HEAD=fused PROFILE_VAE=vae_nhwc_gn \
+#     NERFACC_BUILD=runs/device13/nerfacc_build.tgz bash benchmarks/gpu_session.sh
 # Every call leaves nerfacc's build in $OUT (nerfacc_build.tgz); the thirteenth session's is kept at
 # runs/device13/nerfacc_build.tgz on the development machine (runs/ is not in git): carry it and set
 # NERFACC_BUILD to skip the ~70-90 s build. It fits only the same torch/CUDA/GPU arch and install path.
@@ -215,6 +224,42 @@ ATTN=${ATTN:-torch}
 (ISO3D_TRITON_AUTOTUNE=0 timeout 90 python3 -m iso3d selftest > "$LOGS/selftest.log" 2>&1; echo "selftest rc=$?" >> "$LOGS/selftest.log") &
 SELFTEST=$!
 
+TRACE=${TRACE:-0}
+TRACE_DTYPE=${TRACE_DTYPE:-bf16}
+# TRACE_WITH_TESTS=1: the trace starts beside the phase-2 tests instead of last (estimate_run.py reads only
+# its samples per ray, which do not depend on the step times the tests disturb), and phase 3 waits for it.
+TRACE_WITH_TESTS=${TRACE_WITH_TESTS:-0}
+run_trace() {
+  ISO3D_TRITON_AUTOTUNE=0 timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda --dtype "$TRACE_DTYPE" \
+    > "$LOGS/trace.log" 2>&1
+  OUT="$OUT" TRACE_DTYPE="$TRACE_DTYPE" python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
+import json, os
+import torch
+s = torch.load("/tmp/trace/checkpoint.pt", map_location="cpu", weights_only=False)
+spr, sec = s["samples_per_ray"], s["step_seconds"]
+# In estimate_run.py's --trace format (as benchmarks/figures/trace_h100_s8.json), with the step times
+json.dump({"what": f"samples per ray kept per SDS step of iso3d generate examples/red_ball.png --steps 10000 "
+                   f"--device cuda --dtype {os.environ['TRACE_DTYPE']} (official field, renderer, schedule; "
+                   f"iso3d-tiny guidance), stopped at step {len(spr)}",
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "switch_to_256_at_step": 5000, "samples_per_ray": spr, "step_seconds": sec,
+           "marched_per_ray": s.get("marched_per_ray")}, open(os.path.join(os.environ["OUT"], "trace.json"), "w"))
+marched = [0.0 if m is None else m for m in s.get("marched_per_ray", [])]  # None: a step recorded before the field existed
+edges = [0, 1, 10, 50, 100, 200, 300, 400, 500, 750] + list(range(1000, len(spr) + 500, 500))
+for a, e in zip(edges, edges[1:]):
+    b, t = spr[a:e], sorted(sec[a:e])
+    if not b:
+        break
+    m = marched[a:e] or [0.0]
+    print(f"steps {a}-{a + len(b) - 1}: samples/ray mean {sum(b) / len(b):.1f} (min {min(b):.1f}, max {max(b):.1f}), "
+          f"marched {sum(m) / len(m):.1f}; step median {t[len(t) // 2] * 1e3:.1f} ms")
+PY
+  say "trace: $(tail -4 "$LOGS/trace.txt" | tr '\n' ' ')"
+  tar czf "$OUT/logs.tgz" -C "$LOGS" .
+}
+TRACE_PID=
+[ "$TRACE" -gt 0 ] && [ "$TRACE_WITH_TESTS" = 1 ] && { run_trace & TRACE_PID=$!; }
+
 # -- phase 2: kernel tests || training ------------------------------------------------------------
 # -x: pytest prints failures only at the end, which a timeout would cut off; stop at the first one.
 TESTS_PID=
@@ -288,6 +333,7 @@ MultiViewDataset('train', $TRAIN_SIZE, object_sampling=ObjectSampling(orientatio
 TRAIN_RC=$?
 [ "$TRAIN" = 1 ] && say "training rc=$TRAIN_RC $(grep -h 'steps, final loss' "$LOGS"/train*.log | tr '\n' ' ')"
 [ -n "$TESTS_PID" ] && wait $TESTS_PID
+[ -n "$TRACE_PID" ] && wait $TRACE_PID
 [ -n "$TESTS" ] && say "tests: $(grep -E ' rc=|passed|failed|not run' "$LOGS/tests.log" | tr '\n' ' ')"
 for d in $R/encoder $R/stage1 $R/stage2 $D/stage2 $C/stage1; do
   [ -f $d/log.jsonl ] && cp $d/log.jsonl "$LOGS/$(echo $d | tr '/' '_').log.jsonl"
@@ -302,7 +348,7 @@ tar czf "$OUT/logs.tgz" -C "$LOGS" .  # again at the end; this copy survives a r
 # -- phase 3: benchmarks, alone on the GPU -------------------------------------------------------
 bench() {  # name timeout pytest-args...
   local name=$1 limit=$2; shift 2
-  timeout "$limit" python3 -m pytest "$@" -q -p no:cacheprovider --benchmark-only --bench-rounds 5 \
+  timeout "$limit" python3 -m pytest "$@" -q -p no:cacheprovider --benchmark-only --bench-rounds "${BENCH_ROUNDS:-5}" \
     --benchmark-json "$LOGS/bench_$name.json" > "$LOGS/bench_$name.log" 2>&1
   say "bench $name rc=$?"
   tar czf "$OUT/logs.tgz" -C "$LOGS" .  # after each: a call cut off later keeps this one
@@ -378,36 +424,7 @@ fi
 # soon an official run's field sharpens (the toy model's guidance, not the release's), to weigh the
 # blob / surface bracket of RESULTS.md. (The eighth session's trace ran the guidance in fp32; since the
 # seventeenth, generate's GPU default is bf16, GenerateConfig.model_dtype: TRACE_DTYPE=fp32 repeats it.)
-TRACE=${TRACE:-0}
-TRACE_DTYPE=${TRACE_DTYPE:-bf16}
-if [ "$TRACE" -gt 0 ]; then
-  ISO3D_TRITON_AUTOTUNE=0 timeout -s INT "$TRACE" python3 -m iso3d generate examples/red_ball.png -o /tmp/trace --steps 10000 --device cuda --dtype "$TRACE_DTYPE" \
-    > "$LOGS/trace.log" 2>&1
-  OUT="$OUT" TRACE_DTYPE="$TRACE_DTYPE" python3 - > "$LOGS/trace.txt" 2>&1 <<'PY'
-import json, os
-import torch
-s = torch.load("/tmp/trace/checkpoint.pt", map_location="cpu", weights_only=False)
-spr, sec = s["samples_per_ray"], s["step_seconds"]
-# In estimate_run.py's --trace format (as benchmarks/figures/trace_h100_s8.json), with the step times
-json.dump({"what": f"samples per ray kept per SDS step of iso3d generate examples/red_ball.png --steps 10000 "
-                   f"--device cuda --dtype {os.environ['TRACE_DTYPE']} (official field, renderer, schedule; "
-                   f"iso3d-tiny guidance), stopped at step {len(spr)}",
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "switch_to_256_at_step": 5000, "samples_per_ray": spr, "step_seconds": sec,
-           "marched_per_ray": s.get("marched_per_ray")}, open(os.path.join(os.environ["OUT"], "trace.json"), "w"))
-marched = [0.0 if m is None else m for m in s.get("marched_per_ray", [])]  # None: a step recorded before the field existed
-edges = [0, 1, 10, 50, 100, 200, 300, 400, 500, 750] + list(range(1000, len(spr) + 500, 500))
-for a, e in zip(edges, edges[1:]):
-    b, t = spr[a:e], sorted(sec[a:e])
-    if not b:
-        break
-    m = marched[a:e] or [0.0]
-    print(f"steps {a}-{a + len(b) - 1}: samples/ray mean {sum(b) / len(b):.1f} (min {min(b):.1f}, max {max(b):.1f}), "
-          f"marched {sum(m) / len(m):.1f}; step median {t[len(t) // 2] * 1e3:.1f} ms")
-PY
-  say "trace: $(tail -4 "$LOGS/trace.txt" | tr '\n' ' ')"
-  tar czf "$OUT/logs.tgz" -C "$LOGS" .
-fi
+[ "$TRACE" -gt 0 ] && [ "$TRACE_WITH_TESTS" = 0 ] && run_trace
 
 tar czf "$OUT/logs.tgz" -C "$LOGS" .
 grep -h -A200 "iso3d side-by-side" "$LOGS"/bench_*.log | grep -v "^$" | cut -c1-150 | tail -80

@@ -68,7 +68,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     try:
         asset = generate(args.image, args.model, steps=args.steps, seed=args.seed, device=device, out=args.output,
                          resume=args.resume, normals=args.normals, cuda_graph=args.cuda_graph,
-                         guidance_scale=args.guidance, compile_vae=args.compile_vae, mesh_surface=args.mesh_surface,
+                         guidance_scale=args.guidance, compile_vae=args.compile_vae,
+                         fused_vae_norms=args.fused_vae_norms, mesh_surface=args.mesh_surface,
                          mesh_threshold=args.mesh_threshold,
                          dtype=None if args.dtype is None else _DTYPES[args.dtype])
     except KeyboardInterrupt as exc:  # generate saved the checkpoint; say how to go on, not a traceback
@@ -233,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None,
                      help="run the VAE encode through torch.compile (latent models; a faster step after a compile "
                           "per render size, see GenerateConfig.compile_vae; default: the config's, off)")
+    gen.add_argument("--fused-vae-norms", action=argparse.BooleanOptionalAction, default=None,
+                     help="on a GPU, run a latent model's VAE encoder channels-last with fused GroupNorm + SiLU "
+                          "(see GenerateConfig.fused_vae_norms; default: the config's, on)")
     gen.add_argument("--mesh-surface", choices=_MESH_SURFACES, default=None,
                      help="mesh the density level set (the release's, at 25), the surface the renders show "
                           "(their depth fused along 24 directions) or the visual hull of their silhouettes "

@@ -47,6 +47,8 @@ from iso3d.utils.interrupt import StepInterrupt
 __all__ = ["MODEL_DTYPES", "Asset", "GenerateConfig", "generate", "milestone_at", "reference_view_loss", "sds_step"]
 
 CHECKPOINT = "checkpoint.pt"
+# What runs saved before a GenerateConfig field existed did (a saved config without the key).
+_BEFORE_FIELDS_EXISTED = {"model_dtype": "float32", "fused_vae_norms": False}
 # The diffusion model's weights during SDS (GenerateConfig.model_dtype): torch dtype names.
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
@@ -98,6 +100,14 @@ class GenerateConfig:
     # but each batch size (one per milestone) compiles for ~35 s from a cold cache, about what a
     # 10,000-step run saves (28-56 s): off.
     compile_vae: bool = False
+    # On a GPU, run a latent bundle's VAE encoder channels-last with its GroupNorm → SiLU pairs as one
+    # Triton op that keeps that layout (iso3d.kernels.group_norm, via latent_encoder; the model's VAE is
+    # converted in place: same parameters, values equal up to rounding). Measured on an H100
+    # (benchmarks/RESULTS.md, twentieth session; medians of 5 steps): the official step 1.10x faster at 64²
+    # on the surface field and 1.03x on the blob, 1.01x and 1.16x at 256², peak memory -1.0 GiB at 64²;
+    # channels-last with PyTorch's GroupNorm was 1.4x slower (it returns NCHW). Ignored on the CPU and
+    # with compile_vae.
+    fused_vae_norms: bool = True
     # The dtype of the diffusion model (UNet, VAE, image encoder) during SDS; the field, the renderer
     # and the loss stay in float32. The release runs its guidance in half precision (threestudio's
     # half_precision_weights); the GPU benchmarks time bfloat16 (benchmarks/RESULTS.md). cpu_tiny: float32.
@@ -214,7 +224,7 @@ class Asset:
         if not isinstance(state, dict) or not {"field", "config"} <= set(state):
             raise ValueError(f"Asset.load: {path} is not an asset's field.pt (expected the keys 'field' and 'config')")
         # Runs saved before GenerateConfig.model_dtype existed ran the model in float32.
-        config = dataclass_from_dict(GenerateConfig, {"model_dtype": "float32", **state["config"]})
+        config = dataclass_from_dict(GenerateConfig, {**_BEFORE_FIELDS_EXISTED, **state["config"]})
         device = torch.device(device or "cpu")
         field = ImplicitVolume(config.field)
         field.load_state_dict(state["field"])
@@ -305,6 +315,7 @@ def generate(
     cuda_graph: bool | None = None,
     guidance_scale: float | None = None,
     compile_vae: bool | None = None,
+    fused_vae_norms: bool | None = None,
     mesh_surface: str | None = None,
     mesh_threshold: float | str | None = None,
     dtype: str | torch.dtype | None = None,
@@ -323,6 +334,8 @@ def generate(
     bundle's ``config.sds_guidance_scale`` when it has one (iso3d-tiny: 10, see its model card), else
     ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
+    ``fused_vae_norms`` overrides ``config.fused_vae_norms`` (on a GPU, a latent model's VAE encoder
+    channels-last with fused GroupNorm → SiLU, converted in place; a resumed run keeps its own choice).
     ``mesh_surface`` overrides ``config.mesh_surface``: ``"density"`` (the level set at
     ``config.mesh_threshold``), ``"rendered"`` (the surface the renders show, fused from their depth) or
     ``"hull"`` (the visual hull of the renders' silhouettes). ``mesh_threshold`` overrides
@@ -386,6 +399,10 @@ def generate(
         if not isinstance(compile_vae, bool):
             raise TypeError(f"compile_vae must be True, False or None, got {compile_vae!r}")
         config = dataclasses.replace(config, compile_vae=compile_vae)
+    if fused_vae_norms is not None:
+        if not isinstance(fused_vae_norms, bool):
+            raise TypeError(f"fused_vae_norms must be True, False or None, got {fused_vae_norms!r}")
+        config = dataclasses.replace(config, fused_vae_norms=fused_vae_norms)
     if mesh_surface is not None:
         config = dataclasses.replace(config, mesh_surface=mesh_surface)  # validated by GenerateConfig
     if mesh_threshold is not None:
@@ -406,7 +423,6 @@ def generate(
     ], betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
     acp = model.config.scheduler.alphas_cumprod(device)
     unet = CUDAGraphedForward(model.unet) if config.cuda_graph and device.type == "cuda" else model.unet
-    encode = latent_encoder(model, compile=config.compile_vae)
     out_dir = Path(out) if out is not None else None
     # Per-step records, kept in the checkpoint and run.json: the loss, the wall time and the samples
     # per ray (how the render cost falls as the field sharpens and pruning drops more samples).
@@ -418,6 +434,8 @@ def generate(
         if state.get("model_dtype", config.model_dtype) != config.model_dtype:  # absent before model_dtype existed
             raise ValueError(f"resume: the run in {out_dir} ran the model in {state['model_dtype']}, this call in "
                              f"{config.model_dtype}; resume with dtype={state['model_dtype']!r} to continue it exactly")
+        # The VAE path changes only rounding, but a resumed run continues exactly: keep the run's own.
+        config = dataclasses.replace(config, fused_vae_norms=state.get("fused_vae_norms", _BEFORE_FIELDS_EXISTED["fused_vae_norms"]))
         fld.load_state_dict(state["field"])
         optim.load_state_dict(state["optimizer"])
         renderer.load_occupancy_state(state["grid"], device)
@@ -426,6 +444,7 @@ def generate(
         # checkpoints older than this record: unknown (None) for their steps, so index i stays step i
         marched_per_ray = state.get("marched_per_ray", [None] * len(samples_per_ray))
 
+    encode = latent_encoder(model, **_vae_options(config, device))
     # Written in the background (iso3d.utils.checkpoint): an official checkpoint is ~150 MB.
     writer = CheckpointWriter(out_dir / CHECKPOINT) if out_dir is not None else None
 
@@ -437,7 +456,7 @@ def generate(
             writer.save({"field": fld.state_dict(), "optimizer": optim.state_dict(), "grid": renderer.occupancy_state(),
                          "step": step, "losses": losses, "step_seconds": step_seconds,
                          "samples_per_ray": samples_per_ray, "marched_per_ray": marched_per_ray, "seed": seed,
-                         "model_dtype": config.model_dtype})
+                         "model_dtype": config.model_dtype, "fused_vae_norms": config.fused_vae_norms})
             saved_step = step
 
     start = time.time()
@@ -524,6 +543,14 @@ def milestone_at(config: GenerateConfig, step: int, model_size: int) -> tuple[in
         if step >= m[0]:
             current = m
     return (current[1] or model_size), current[2]
+
+
+def _vae_options(config: GenerateConfig, device: torch.device) -> dict:
+    """:func:`~iso3d.models.latent_encoder.latent_encoder`'s options for this run: the fused norms
+    (channels-last) only on a GPU, where the Triton op runs, and not under torch.compile, which fuses
+    the pairs itself."""
+    fused = config.fused_vae_norms and not config.compile_vae and device.type == "cuda"
+    return {"compile": config.compile_vae, "channels_last": fused, "fused_group_norm": fused}
 
 
 def sds_step(model: MultiViewDiffusion, fld: ImplicitVolume, renderer: VolumeRenderer, token: torch.Tensor,

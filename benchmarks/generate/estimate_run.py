@@ -8,8 +8,12 @@ is summed over the trace's samples per ray (64² for steps before the switch, 25
 
 Usage::
 
-    python benchmarks/generate/estimate_run.py bench_density_head.json bench_base_field_state.json \\
+    python benchmarks/generate/estimate_run.py benchmarks/figures/h100_s20/bench_density_head.json \\
         --trace benchmarks/figures/trace_h100_s8.json
+
+The default trace is the twentieth session's: ``iso3d generate --device cuda`` as it runs now (bf16
+guidance by today's iso3d-tiny), 5,900 steps on an H100. ``trace_h100_s8.json`` is the eighth
+session's (fp32 guidance by the iso3d-tiny of then), kept for comparison with the earlier estimates.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def estimate(points: dict, samples_per_ray: list[float], switch: int, steps: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", nargs="+", type=Path, help="pytest-benchmark JSON files (--benchmark-json)")
-    parser.add_argument("--trace", type=Path, default=Path(__file__).resolve().parents[1] / "figures" / "trace_h100_s8.json")
+    parser.add_argument("--trace", type=Path, default=Path(__file__).resolve().parents[1] / "figures" / "trace_h100_s20_bf16.json")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--switch", type=int, default=5_000, help="the step where renders go from 64² to 256²")
     args = parser.parse_args(argv)

@@ -96,6 +96,7 @@ class Isotropic3DPipeline(ModelPipeline):
         mesh_threshold: float | str | None = None,
         cuda_graph: bool | None = None,
         compile_vae: bool | None = None,
+        fused_vae_norms: bool | None = None,
     ) -> Isotropic3DOutput:
         """Optimize a NeRF of the object in ``image`` (path, PIL, array or tensor; RGBA keeps its alpha).
 
@@ -105,6 +106,6 @@ class Isotropic3DPipeline(ModelPipeline):
         """
         asset = generate(image, self.model, config=config, steps=steps, seed=seed, device=self.device, out=out,
                          resume=resume, progress=self._progress or True, normals=normals, cuda_graph=cuda_graph,
-                         guidance_scale=guidance_scale, compile_vae=compile_vae, mesh_surface=mesh_surface,
-                         mesh_threshold=mesh_threshold)
+                         guidance_scale=guidance_scale, compile_vae=compile_vae, fused_vae_norms=fused_vae_norms,
+                         mesh_surface=mesh_surface, mesh_threshold=mesh_threshold)
         return Isotropic3DOutput(asset=asset, preview=asset.render_turntable(n_frames=4, size=64))

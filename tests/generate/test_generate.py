@@ -201,7 +201,7 @@ def test_generate_cli(tmp_path):
     # No --model: the shipped iso3d-tiny.
     result = subprocess.run([sys.executable, "-m", "iso3d", "generate", EXAMPLE, "-o", str(tmp_path / "out"),
                              "--steps", "2", "--device", "cpu", "--normals", "analytic", "--no-cuda-graph",
-                             "--compile-vae", "--dtype", "bf16"],
+                             "--compile-vae", "--no-fused-vae-norms", "--dtype", "bf16"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "turntable.gif").exists() and (tmp_path / "out" / "run.json").exists()
@@ -210,6 +210,7 @@ def test_generate_cli(tmp_path):
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["normals"] is True and config["field"]["normal_type"] == "analytic"
     assert config["cuda_graph"] is False and config["compile_vae"] is True and config["model_dtype"] == "bfloat16"
+    assert config["fused_vae_norms"] is False
 
     # Re-export the saved asset: another surface at the matched level; the release's 25, which a 2-step
     # field does not reach, fails with exit code 1 and says how to get a mesh, keeping the rest.
@@ -322,13 +323,44 @@ def test_compile_vae_option_reaches_the_encoder_and_is_a_no_op_for_pixel_models(
     monkeypatch.setattr(g, "latent_encoder", spy)
     plain = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False)
     compiled = generate(EXAMPLE, model, config=_config(2), seed=0, progress=False, compile_vae=True)
-    assert requested == [{"compile": False}, {"compile": True}]
+    off = {"channels_last": False, "fused_group_norm": False}  # the fused norms: GPU only
+    assert requested == [{"compile": False, **off}, {"compile": True, **off}]
     assert len(encodes) == 4  # every SDS step of both runs encoded through what latent_encoder returned
     assert compiled.run["config"]["compile_vae"] is True and plain.run["config"]["compile_vae"] is False
     assert compiled.run["losses"] == plain.run["losses"]  # iso3d-tiny has no VAE: nothing compiled
     assert GenerateConfig.official().compile_vae is False  # ~35 s per milestone to compile (RESULTS.md)
     with pytest.raises(TypeError, match="compile_vae must be True, False or None"):
         generate(EXAMPLE, model, config=_config(1), progress=False, compile_vae=1)
+
+
+def test_fused_vae_norms_run_on_a_gpu_only_and_not_under_compile():
+    from iso3d.generation import _vae_options
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    official = GenerateConfig.official()
+    assert official.fused_vae_norms is True
+    assert _vae_options(official, cuda) == {"compile": False, "channels_last": True, "fused_group_norm": True}
+    assert _vae_options(official, cpu) == {"compile": False, "channels_last": False, "fused_group_norm": False}
+    compiled = dataclasses.replace(official, compile_vae=True)  # inductor fuses the pairs itself
+    assert _vae_options(compiled, cuda) == {"compile": True, "channels_last": False, "fused_group_norm": False}
+    off = dataclasses.replace(official, fused_vae_norms=False)
+    assert _vae_options(off, cuda) == {"compile": False, "channels_last": False, "fused_group_norm": False}
+
+
+def test_resume_keeps_the_runs_own_vae_path(model, tmp_path):
+    # A resumed run continues exactly: the VAE path of the run, not of the call (rounding differs).
+    generate(EXAMPLE, model, config=_config(2), seed=0, out=tmp_path, progress=False, fused_vae_norms=False)
+    resumed = generate(EXAMPLE, model, config=_config(3), seed=0, out=tmp_path, resume=True, progress=False,
+                       fused_vae_norms=True)
+    assert resumed.run["config"]["fused_vae_norms"] is False
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["fused_vae_norms"] is False
+    del state["fused_vae_norms"]  # a checkpoint written before the option existed ran the plain VAE
+    torch.save(state, tmp_path / "checkpoint.pt")
+    again = generate(EXAMPLE, model, config=_config(4), seed=0, out=tmp_path, resume=True, progress=False)
+    assert again.run["config"]["fused_vae_norms"] is False
+    with pytest.raises(TypeError, match="fused_vae_norms must be True, False or None"):
+        generate(EXAMPLE, model, config=_config(1), progress=False, fused_vae_norms="yes")
 
 
 def test_guidance_scale_option_reaches_the_sds_loss(model):
