@@ -223,7 +223,7 @@ class Asset:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"field", "config"} <= set(state):
             raise ValueError(f"Asset.load: {path} is not an asset's field.pt (expected the keys 'field' and 'config')")
-        # Runs saved before GenerateConfig.model_dtype existed ran the model in float32.
+        # Runs saved before a field existed: what they did (e.g. the model in float32).
         config = dataclass_from_dict(GenerateConfig, {**_BEFORE_FIELDS_EXISTED, **state["config"]})
         device = torch.device(device or "cpu")
         field = ImplicitVolume(config.field)
@@ -335,7 +335,8 @@ def generate(
     ``config.sds.guidance_scale`` (the release's 10). ``compile_vae`` overrides ``config.compile_vae``
     (the VAE encode through ``torch.compile``; no effect on pixel-space models such as iso3d-tiny).
     ``fused_vae_norms`` overrides ``config.fused_vae_norms`` (on a GPU, a latent model's VAE encoder
-    channels-last with fused GroupNorm → SiLU, converted in place; a resumed run keeps its own choice).
+    channels-last with fused GroupNorm → SiLU, converted in place, so a model passed in stays converted;
+    a resumed run keeps its own choice).
     ``mesh_surface`` overrides ``config.mesh_surface``: ``"density"`` (the level set at
     ``config.mesh_threshold``), ``"rendered"`` (the surface the renders show, fused from their depth) or
     ``"hull"`` (the visual hull of the renders' silhouettes). ``mesh_threshold`` overrides
